@@ -1,0 +1,26 @@
+"""User-facing error types.
+
+Every error a user can cause (a bad shape, a missing dataset, a foreign checkpoint, a bad config
+value) is an :class:`MsflowError`. The CLI turns these into one line on stderr and exit code 2;
+library users can catch them as ``ValueError`` too.
+"""
+
+
+class MsflowError(ValueError):
+    """Base class of errors caused by user input; the message says how to fix it."""
+
+
+class ShapeError(MsflowError):
+    """An image shape that a block or model cannot take."""
+
+
+class DataError(MsflowError):
+    """A dataset that is missing, empty, corrupt or of the wrong format."""
+
+
+class CheckpointError(MsflowError):
+    """A checkpoint that is unreadable, foreign or not a safetensors file."""
+
+
+class ConfigError(MsflowError):
+    """An unknown configuration key or an invalid value."""
