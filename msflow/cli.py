@@ -1,0 +1,150 @@
+"""The ``msflow`` command: parses arguments, then calls library functions.
+
+Every error caused by the user (bad config, missing data, foreign checkpoint, bad shape) is
+printed as one line on stderr with exit code 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from msflow.errors import MsflowError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"temperature must be in [0, 10], got {text}")
+    return value
+
+
+def _bpd_line(split: str, result: dict, data: str, seed: int) -> str:
+    mean, stderr, n = result["bpd"], result["bpd_stderr"], result["n"]
+    return f"{split} bits/dim: {mean:.6f} +- {stderr:.6f} ({n} {split} images of {data}, dequantization seed {seed})"
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from msflow.train import apply_overrides, load_config, train
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.out:
+        overrides.append(f"train.out={args.out}")
+    cfg = apply_overrides(load_config(args.config), overrides)
+    result = train(cfg)
+    print(_bpd_line("test", result, cfg.data.name, cfg.train.seed))
+    print(f"run folder: {result['run_dir']}")
+    print("samples: " + ", ".join(result["samples"]))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from msflow.train.evaluate import evaluate, resolve_device
+    from msflow.train.loop import load_data
+    from msflow.train.run import load_run
+
+    model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    batch = args.batch_size or cfg.train.eval_batch_size
+    seed = cfg.train.seed if args.seed is None else args.seed
+    result = evaluate(model, load_data(cfg, args.split), batch, seed=seed, progress=True)
+    print(_bpd_line(args.split, result, cfg.data.name, seed))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
+    from msflow.viz import save_grid
+
+    model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.inference_mode():
+        images = model.sample(args.n, temperature=args.temperature, generator=generator)
+    path = save_grid(images, args.output, scale=max(1, 96 // images.shape[-1]))
+    print(f"wrote {args.n} samples at temperature {args.temperature} to {path}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from msflow.data import list_datasets
+    from msflow.models import list_models, model_help
+
+    print("models:")
+    for name in list_models():
+        print(f"  {name:24s} {model_help(name)}")
+    print("datasets:")
+    for name in list_datasets():
+        print(f"  {name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msflow", description="Multi-scale normalizing flows on images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a config (YAML path or name in configs/)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 model.options.hidden=64")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test bits/dim of a trained run")
+    p.add_argument("run")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="write a grid of samples")
+    p.add_argument("run")
+    p.add_argument("-n", type=_positive_int, default=64)
+    p.add_argument("--temperature", "-t", type=_temperature, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="samples.png")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("list", help="list model presets and datasets")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def _split_dashed_overrides(argv: Sequence[str]) -> list[str]:
+    """Accept ``--train.steps 100`` and ``--train.steps=100`` as ``train.steps=100``."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            out.append(arg[2:] if "=" in arg else f"{arg[2:]}={next(it, '')}")
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``msflow`` console script; returns the exit code."""
+    args = build_parser().parse_args(_split_dashed_overrides(sys.argv[1:] if argv is None else argv))
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except MsflowError as err:
+        print(f"msflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msflow {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

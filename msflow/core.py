@@ -1,0 +1,170 @@
+"""The one contract every invertible block follows.
+
+A block maps data ``x`` to a latent ``z`` in the *density* direction and back in the *sampling*
+direction, and reports the log-absolute-determinant of the Jacobian of the map it applied:
+
+.. math::
+
+    z, \\log|\\det \\partial z / \\partial x| = f(x), \\qquad
+    x, \\log|\\det \\partial x / \\partial z| = f^{-1}(z)
+
+so at matching points the two log-dets cancel. ``logdet`` is always a ``(B,)`` tensor with the
+dtype and device of ``x``. Every block accepts ``cond`` and ignores it unless it needs it.
+
+Example:
+    >>> import torch
+    >>> from msflow.core import FlowSequential, Inverse
+    >>> from msflow.transforms import ActNorm, Squeeze
+    >>> flow = FlowSequential(Squeeze(), ActNorm(4))
+    >>> x = torch.randn(2, 1, 4, 4)
+    >>> z, logdet = flow(x)
+    >>> z.shape, logdet.shape
+    (torch.Size([2, 4, 2, 2]), torch.Size([2]))
+    >>> x_back, _ = flow.inverse(z)
+    >>> bool(torch.allclose(x, x_back, atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from msflow.errors import ShapeError
+
+Shape = tuple[int, ...]
+
+
+class InvertibleModule(nn.Module):
+    """Base class of every invertible block.
+
+    Subclasses implement :meth:`forward` (data to latent) and :meth:`inverse` (latent to data),
+    each returning ``(output, logdet)``, and :meth:`output_shape` when they change shape.
+    """
+
+    def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:  # noqa: D102
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        """Sampling direction: returns ``(x, log|det dx/dz|)``."""
+        raise NotImplementedError
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        """Shape ``(C, H, W)`` of the output for an input of ``in_shape``.
+
+        Raises:
+            ShapeError: the block cannot take ``in_shape``; the message says how to fix it.
+        """
+        return tuple(in_shape)
+
+
+def zero_logdet(x: Tensor) -> Tensor:
+    """A ``(B,)`` zero log-det with the dtype and device of ``x``."""
+    return x.new_zeros(x.shape[0])
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Sum over every dimension but the first: ``(B, ...) -> (B,)``."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def require_cond(block: nn.Module, cond: Any) -> Any:
+    """Return ``cond`` or raise the contract's ``ValueError`` when a conditional block gets none."""
+    if cond is None:
+        raise ValueError(
+            f"{type(block).__name__} is conditional and needs `cond`; pass cond=... to the model "
+            "(e.g. model.log_prob(x, cond=features))"
+        )
+    return cond
+
+
+class FlowSequential(InvertibleModule):
+    """Composition ``f = f_n o ... o f_1``; log-dets add up.
+
+    Args:
+        *blocks: the invertible blocks, applied in order in the density direction.
+    """
+
+    def __init__(self, *blocks: InvertibleModule) -> None:
+        super().__init__()
+        for i, block in enumerate(blocks):
+            if not isinstance(block, InvertibleModule):
+                raise TypeError(
+                    f"block {i} is a {type(block).__name__}, not an InvertibleModule; wrap "
+                    "non-invertible networks inside a coupling or prior"
+                )
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        logdet = zero_logdet(x)
+        for block in self.blocks:
+            x, ld = block(x, cond)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        logdet = zero_logdet(z)
+        for block in reversed(self.blocks):
+            z, ld = block.inverse(z, cond)
+            logdet = logdet + ld
+        return z, logdet
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        shape = tuple(in_shape)
+        for i, block in enumerate(self.blocks):
+            try:
+                shape = block.output_shape(shape)
+            except ShapeError as err:
+                raise ShapeError(f"block {i} ({type(block).__name__}): {err}") from None
+        return shape
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> InvertibleModule:
+        return self.blocks[i]
+
+
+class Inverse(InvertibleModule):
+    """Swaps the directions of ``block``: its ``forward`` is ``block.inverse`` and vice versa."""
+
+    def __init__(self, block: InvertibleModule) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        return self.block.inverse(x, cond)
+
+    def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        return self.block(z, cond)
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        # Shape-changing blocks here are shape bijections; find the input that maps to in_shape.
+        inverse_shape = getattr(self.block, "input_shape", None)
+        if inverse_shape is None:
+            return tuple(in_shape)
+        return inverse_shape(tuple(in_shape))
+
+
+def check_image(x: Tensor, expected: Shape, who: str) -> None:
+    """Raise :class:`ShapeError` unless ``x`` is ``(B, *expected)``."""
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(expected):
+        got = "x".join(map(str, x.shape[1:])) if x.dim() == 4 else f"a {x.dim()}-D tensor"
+        want = "x".join(map(str, expected))
+        raise ShapeError(
+            f"{who} expects images of shape (B, {', '.join(map(str, expected))}) = {want}, "
+            f"got {got}; resize/pad the data or build the model for this shape"
+        )
+
+
+__all__ = [
+    "FlowSequential",
+    "Inverse",
+    "InvertibleModule",
+    "Shape",
+    "check_image",
+    "require_cond",
+    "sum_except_batch",
+    "zero_logdet",
+]

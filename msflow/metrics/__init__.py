@@ -1,0 +1,5 @@
+"""Metrics computed from model outputs."""
+
+from msflow.metrics.bpd import bits_per_dim, mean_and_stderr
+
+__all__ = ["bits_per_dim", "mean_and_stderr"]

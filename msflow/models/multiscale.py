@@ -1,0 +1,216 @@
+"""The Glow-style multi-scale container: levels of squeeze -> K steps -> split (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
+from msflow.distributions import standard_normal_log_prob, standard_normal_sample
+from msflow.errors import ShapeError
+from msflow.metrics.bpd import bits_per_dim
+from msflow.transforms import GaussianSplitPrior, Squeeze, UniformDequantize
+
+StepFactory = Callable[[int, int], Sequence[InvertibleModule]]
+"""``step(num_channels, cond_channels) -> blocks`` of one flow step at one level."""
+
+
+def check_squeezable(image_shape: Shape, num_levels: int) -> None:
+    """Raise a :class:`ShapeError` that says how to fix a size the levels cannot squeeze."""
+    _, h, w = image_shape
+    side = 2**num_levels
+    if h % side == 0 and w % side == 0:
+        return
+    fits = 0
+    while h % 2 ** (fits + 1) == 0 and w % 2 ** (fits + 1) == 0:
+        fits += 1
+    pad_h, pad_w = -(-h // side) * side, -(-w // side) * side
+    fewer = f"use {fits} level(s) or " if fits else ""
+    raise ShapeError(
+        f"{h}x{w} cannot be squeezed {num_levels} times; {fewer}pad to {pad_h}x{pad_w} "
+        f"(e.g. get_dataset(..., pad_to={max(pad_h, pad_w)}))"
+    )
+
+
+class MultiScaleFlow(nn.Module):
+    r"""Multi-scale flow with split priors; latents are returned fine to coarse.
+
+    Level ``i`` applies ``squeeze -> steps -> split prior``; the split prior standardises the
+    factored-out half given the kept half, and the last level's prior standardises everything.
+    With dequantized ``v``, preprocessing ``g`` and latents ``eps_i``:
+
+    .. math::
+
+        \log p(v) = \sum_i \log \mathcal N(\epsilon_i; 0, I) + \log|\det \partial(\epsilon)/\partial v|
+
+    Args:
+        image_shape: ``(C, H, W)`` of the data.
+        levels: one :class:`FlowSequential` per level (ending in its split prior).
+        keep: channels each level keeps for the next one (0 for the last level).
+        preprocess: invertible map from [0, 1)^D to the flow's input space.
+        n_bits: bits per sub-pixel of the integer data.
+        cond_encoder: optional network mapping a raw condition to one feature map per level.
+
+    Example:
+        >>> import torch
+        >>> from msflow import create_model
+        >>> model = create_model("glow-mnist", hidden=8, steps=1)
+        >>> x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+        >>> model.bits_per_dim(x).shape
+        torch.Size([2])
+        >>> [tuple(s) for s in model.latent_shapes()]
+        [(2, 14, 14), (8, 7, 7)]
+    """
+
+    def __init__(
+        self,
+        image_shape: Shape,
+        levels: Sequence[InvertibleModule],
+        keep: Sequence[int],
+        preprocess: InvertibleModule,
+        n_bits: int = 8,
+        cond_encoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if len(levels) != len(keep) or keep[-1] != 0:
+            raise ValueError("give one `keep` per level, with 0 for the last level")
+        self.image_shape = tuple(image_shape)
+        self.levels = nn.ModuleList(levels)
+        self.keep = list(keep)
+        self.preprocess = preprocess
+        self.dequantizer = UniformDequantize(n_bits)
+        self.cond_encoder = cond_encoder
+        self.num_dims = int(torch.tensor(self.image_shape).prod())
+        self._latent_shapes = self._trace_shapes()
+
+    def _trace_shapes(self) -> list[Shape]:
+        shapes, shape = [], self.preprocess.output_shape(self.image_shape)
+        for i, (level, keep) in enumerate(zip(self.levels, self.keep, strict=True)):
+            try:
+                shape = level.output_shape(shape)
+            except ShapeError as err:
+                raise ShapeError(f"level {i}: {err}") from None
+            c, h, w = shape
+            shapes.append((c - keep, h, w))
+            shape = (keep, h, w)
+        return shapes
+
+    def latent_shapes(self, image_shape: Shape | None = None) -> list[Shape]:
+        """Shapes ``(C, H, W)`` of the latents, fine to coarse."""
+        if image_shape is not None and tuple(image_shape) != self.image_shape:
+            raise ShapeError(f"this model is built for {self.image_shape}, not {tuple(image_shape)}")
+        return list(self._latent_shapes)
+
+    def _features(self, cond: Any) -> list[Any]:
+        if cond is None:
+            return [None] * len(self.levels)
+        feats = self.cond_encoder(cond) if self.cond_encoder is not None else [cond] * len(self.levels)
+        if len(feats) != len(self.levels):
+            raise ValueError(f"the condition encoder gave {len(feats)} feature maps for {len(self.levels)} levels")
+        return list(feats)
+
+    def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
+        """Continuous images ``v`` in [0, 1) -> (latents fine to coarse, log|det d eps / d v|)."""
+        check_image(v, self.image_shape, type(self).__name__)
+        h, logdet = self.preprocess(v)
+        zs = []
+        for level, keep, feat in zip(self.levels, self.keep, self._features(cond), strict=True):
+            h, ld = level(h, feat)
+            logdet = logdet + ld
+            zs.append(h[:, keep:])
+            h = h[:, :keep]
+        return zs, logdet
+
+    def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
+        """Latents fine to coarse -> continuous images ``v`` (the inverse of :meth:`encode`)."""
+        if len(zs) != len(self.levels):
+            raise ValueError(f"expected {len(self.levels)} latents (fine to coarse), got {len(zs)}")
+        h = None
+        feats = self._features(cond)
+        for i in reversed(range(len(self.levels))):
+            h = zs[i] if h is None else torch.cat([h, zs[i]], dim=1)
+            h, _ = self.levels[i].inverse(h, feats[i])
+        v, _ = self.preprocess.inverse(h)
+        return v
+
+    def log_prob_continuous(self, v: Tensor, cond: Any = None) -> Tensor:
+        """``log p(v)`` in nats for continuous ``v`` in [0, 1)^D, every log-det included."""
+        zs, logdet = self.encode(v, cond)
+        return logdet + sum(standard_normal_log_prob(z) for z in zs)
+
+    def _dequantized_terms(self, x: Tensor, cond: Any, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        dtype = next(self.parameters()).dtype
+        v, log_q = self.dequantizer(x, generator=generator, dtype=dtype)
+        return self.log_prob_continuous(v, cond), log_q
+
+    def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
+        """``(B,)`` bits/dim of integer images ``x`` (uint8) with one dequantization draw."""
+        log_p_v, log_q = self._dequantized_terms(x, cond, generator)
+        return bits_per_dim(log_p_v, self.num_dims, self.dequantizer.n_bits, log_q)
+
+    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
+        r"""``(B,)`` lower bound on ``log P(x)`` of integer images, in nats: ``-bpd * D log 2``."""
+        return -self.bits_per_dim(x, cond, generator) * (self.num_dims * math.log(2.0))
+
+    def sample_latents(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> list[Tensor]:
+        """Draw ``temperature * N(0, I)`` latents for ``n`` images, fine to coarse."""
+        p = next(self.parameters())
+        return [standard_normal_sample((n, *s), temperature, generator, p.device, p.dtype) for s in self._latent_shapes]
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, temperature: float = 1.0, cond: Any = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw ``n`` uint8 images ``(n, C, H, W)`` at ``temperature``."""
+        zs = self.sample_latents(n, temperature, generator)
+        return self.dequantizer.quantize(self.decode(zs, cond))
+
+
+def build_multiscale(
+    image_shape: Shape,
+    num_levels: int,
+    steps_per_level: int,
+    step: StepFactory,
+    preprocess: InvertibleModule,
+    n_bits: int = 8,
+    cond_channels: Sequence[int] | None = None,
+    cond_encoder: nn.Module | None = None,
+) -> MultiScaleFlow:
+    """Assemble levels of ``Squeeze -> steps_per_level x step -> GaussianSplitPrior``.
+
+    Each level keeps half its channels for the next level; the last keeps none.
+
+    Args:
+        image_shape: ``(C, H, W)`` of the data; ``H`` and ``W`` must divide by ``2^num_levels``.
+        num_levels: number of levels (squeezes).
+        steps_per_level: flow steps per level.
+        step: factory returning the blocks of one step for ``(channels, cond_channels)``.
+        preprocess: invertible map applied to the dequantized images first.
+        n_bits: bits per sub-pixel.
+        cond_channels: channels of the condition features at each level (default none).
+        cond_encoder: network producing those features from a raw condition.
+    """
+    if num_levels < 1 or steps_per_level < 1:
+        raise ValueError(f"need at least one level and one step, got {num_levels} levels, {steps_per_level} steps")
+    check_squeezable(tuple(image_shape), num_levels)
+    cond_channels = list(cond_channels or [0] * num_levels)
+    levels, keep = [], []
+    channels = image_shape[0]
+    for i in range(num_levels):
+        channels *= 4
+        last = i == num_levels - 1
+        kept = 0 if last else channels // 2
+        blocks: list[InvertibleModule] = [Squeeze()]
+        for _ in range(steps_per_level):
+            blocks.extend(step(channels, cond_channels[i]))
+        blocks.append(GaussianSplitPrior(channels, keep=kept, cond_channels=cond_channels[i]))
+        levels.append(FlowSequential(*blocks))
+        keep.append(kept)
+        channels = kept
+    return MultiScaleFlow(image_shape, levels, keep, preprocess, n_bits, cond_encoder)

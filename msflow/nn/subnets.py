@@ -1,0 +1,87 @@
+"""Coupling networks and the precision policy for every subnet.
+
+Subnets compute the *parameters* of an invertible map (shift, scale, prior mean); they never
+need to be inverted, so they may run in bfloat16 while the invertible arithmetic stays float32
+(DESIGN.md section 7). :func:`run_subnet` is the one place that applies that policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+SubnetFactory = Callable[[int, int], nn.Module]
+"""``factory(in_channels, out_channels) -> nn.Module`` mapping (B, in, H, W) to (B, out, H, W)."""
+
+_PRECISIONS = {"float32": None, "bf16-mixed": torch.bfloat16}
+_subnet_dtype: torch.dtype | None = None
+
+
+@contextlib.contextmanager
+def subnet_precision(precision: str) -> Iterator[None]:
+    """Run every subnet inside the block under ``precision`` (``"float32"`` or ``"bf16-mixed"``).
+
+    Example:
+        >>> with subnet_precision("bf16-mixed"):
+        ...     pass  # couplings here run their networks under bf16 autocast
+    """
+    global _subnet_dtype
+    if precision not in _PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(_PRECISIONS)}")
+    previous, _subnet_dtype = _subnet_dtype, _PRECISIONS[precision]
+    try:
+        yield
+    finally:
+        _subnet_dtype = previous
+
+
+def run_subnet(net: nn.Module, inp: Tensor) -> Tensor:
+    """Apply ``net`` under the active subnet precision; the result has ``inp``'s dtype.
+
+    The output is cast back so that the invertible arithmetic that follows is done in full
+    precision; the inverse recomputes the same network output, so the block stays exactly
+    invertible for the function it computes.
+    """
+    if _subnet_dtype is None or inp.dtype == torch.float64:
+        return net(inp)
+    with torch.autocast(device_type=inp.device.type, dtype=_subnet_dtype):
+        out = net(inp)
+    return out.to(inp.dtype)
+
+
+class ZeroConv2d(nn.Conv2d):
+    """A convolution initialised to output zeros, so the enclosing block starts as the identity."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+def conv_subnet(hidden: int = 512, kernel_size: int = 3) -> SubnetFactory:
+    """Glow's coupling network: conv k x k -> ReLU -> conv 1x1 -> ReLU -> zero-init conv k x k.
+
+    Args:
+        hidden: hidden channels.
+        kernel_size: size of the first and last convolutions.
+
+    Example:
+        >>> import torch
+        >>> net = conv_subnet(hidden=16)(2, 4)
+        >>> net(torch.randn(1, 2, 5, 5)).abs().max().item()
+        0.0
+    """
+
+    def factory(in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size, padding=kernel_size // 2),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            ZeroConv2d(hidden, out_channels, kernel_size),
+        )
+
+    return factory

@@ -1,0 +1,214 @@
+"""Experiment configuration: dataclasses are the source of truth; YAML files and dotted
+command-line overrides set them; unknown keys and bad values raise :class:`ConfigError`.
+
+Example:
+    >>> cfg = config_from_dict({"name": "demo", "train": {"steps": 10}})
+    >>> cfg = apply_overrides(cfg, ["train.batch_size=32", "model.options.hidden=16"])
+    >>> cfg.train.batch_size, cfg.model.options
+    (32, {'hidden': 16})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msflow.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to train and test on (see ``msflow list``)."""
+
+    name: str = "mnist5k"
+    root: str | None = None
+    pad_to: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registered model preset and keyword overrides of its hyperparameters."""
+
+    name: str = "glow-mnist"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, schedule (linear warm-up, then constant or cosine) and stabilisers."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    schedule: str = "constant"
+    grad_clip: float = 50.0
+    ema_decay: float = 0.999
+    max_bad_steps: int = 50
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop length, batch sizes, logging and checkpoint cadence, device and precision."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    eval_every: int = 500
+    checkpoint_every: int = 200
+    log_every: int = 50
+    sample_every: int = 0
+    num_samples: int = 64
+    temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "float32"
+    out: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment; stored resolved in every checkpoint."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where checkpoints, metrics and samples go (``train.out`` or ``runs/<name>``)."""
+        return Path(self.train.out or f"runs/{self.name}")
+
+
+_CHOICES = {
+    ("optim", "optimizer"): ("adam", "adamax"),
+    ("optim", "schedule"): ("constant", "cosine"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "precision"): ("float32", "bf16-mixed"),
+}
+_POSITIVE = {("train", "steps"), ("train", "batch_size"), ("train", "eval_batch_size"), ("optim", "lr")}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check ``value`` against the annotation string ``typ``; convert lists to tuples."""
+    if value is None and "None" in typ:
+        return None
+    if typ.startswith("tuple"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        inner = float if "float" in typ else int
+        try:
+            return tuple(inner(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a list of numbers, got {value!r}") from None
+    if typ.startswith("dict"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    base = typ.split("|")[0].strip()
+    checks = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+    if isinstance(value, bool) and base != "bool" or not isinstance(value, checks[base]):
+        raise ConfigError(f"{where} must be of type {base}, got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        bad, valid = (", ".join(prefix + k for k in keys) for keys in (unknown, known))
+        raise ConfigError(f"unknown config key(s) {bad}; valid keys: {valid}")
+    kwargs = {}
+    for name, value in values.items():
+        path = f"{where}.{name}" if where else name
+        sub = _SECTIONS.get(name) if not where else None
+        kwargs[name] = _build(sub, value, name) if sub else _coerce(value, str(known[name].type), path)
+    obj = cls(**kwargs)
+    for name, value in kwargs.items():
+        key = (where, name)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"{where}.{name} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+        if key in _POSITIVE and value <= 0:
+            raise ConfigError(f"{where}.{name} must be positive, got {value!r}")
+    return obj
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Validate a nested mapping into a :class:`Config`."""
+    return _build(Config, values, "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """A plain nested mapping (YAML/JSON-ready) of ``cfg``."""
+    return _lists(asdict(cfg))
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML experiment file (a bare name looks in the ``configs/`` folder)."""
+    path = resolve_config_path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    values.setdefault("name", path.stem)
+    return config_from_dict(values)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself, else ``configs/<path>[.yaml]`` next to the package."""
+    candidates = [Path(path)]
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    candidates += [configs / str(path), configs / f"{path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in configs.glob("*.yaml")) if configs.is_dir() else []
+    raise ConfigError(f"config {str(path)!r} not found; give a YAML path or one of: {', '.join(available) or '(none)'}")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` overrides (values parsed as YAML scalars or lists)."""
+    values = config_to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().lstrip("-").split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = values
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"unknown config section {dotted!r}; sections: {', '.join(_SECTIONS)}")
+            node = node[key]
+        node[keys[-1]] = value
+    return config_from_dict(values)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for frozen configs."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,233 @@
+"""The training loop: one readable function, resumable exactly after a crash.
+
+Everything random in training is a function of saved state: the data order of epoch ``e`` is
+a permutation seeded by ``(seed, e)``, the position inside it follows from the step count, and
+the dequantization noise comes from a generator whose state is checkpointed. A run killed at
+any point and restarted with the same command therefore ends with the same weights as one that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from msflow.data import ImageDataset, get_dataset
+from msflow.errors import CheckpointError, MsflowError, ShapeError
+from msflow.models import create_model
+from msflow.nn.subnets import subnet_precision
+from msflow.train.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    optimizer_tensors,
+    prefixed,
+    restore_optimizer,
+    save_checkpoint,
+)
+from msflow.train.config import Config, config_to_dict
+from msflow.train.ema import EMA
+from msflow.train.evaluate import evaluate, resolve_device, sample_grids
+from msflow.train.metrics_log import MetricsLog
+from msflow.train.run import CHECKPOINT
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
+
+
+class TrainingDiverged(MsflowError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def build_model(cfg: Config, device: torch.device) -> nn.Module:
+    """The configured model, seeded by ``train.seed``, on ``device``."""
+    torch.manual_seed(cfg.train.seed)
+    return create_model(cfg.model.name, **cfg.model.options).to(device)
+
+
+def load_data(cfg: Config, split: str) -> ImageDataset:
+    """The configured dataset split."""
+    return get_dataset(cfg.data.name, split, root=cfg.data.root, pad_to=cfg.data.pad_to)
+
+
+def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
+    """Raise a :class:`ShapeError` naming the fix when data and model shapes differ."""
+    if tuple(data.image_shape) != tuple(model.image_shape):
+        got, want = ("x".join(map(str, s)) for s in (data.image_shape, model.image_shape))
+        hint = (
+            f"set data.pad_to={model.image_shape[-1]}"
+            if data.image_shape[0] == model.image_shape[0]
+            else "choose a model preset for this data"
+        )
+        raise ShapeError(
+            f"dataset {cfg.data.name!r} has {got} images but model {cfg.model.name!r} expects {want}; {hint}"
+        )
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """Linear warm-up to ``optim.lr``, then constant or cosine decay to 0 at ``train.steps``."""
+    o = cfg.optim
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+    if o.schedule == "cosine" and step >= o.warmup_steps:
+        progress = (step - o.warmup_steps) / max(1, cfg.train.steps - o.warmup_steps)
+        return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return o.lr * warm
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The data order of ``epoch``: a permutation that depends only on ``(seed, epoch)``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _state_tensors(
+    model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, noise: torch.Generator
+) -> tuple[dict, dict]:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+    optim, optim_meta = optimizer_tensors(opt)
+    tensors.update(optim)
+    tensors["rng/noise"] = noise.get_state()
+    tensors["rng/torch"] = torch.get_rng_state()
+    return tensors, optim_meta
+
+
+def _meta(cfg: Config, model: nn.Module, step: int, optim_meta: dict, results: dict | None) -> dict[str, Any]:
+    from msflow import __version__
+
+    return {
+        "config": config_to_dict(cfg),
+        "model_spec": model.spec,
+        "step": step,
+        "optimizer": optim_meta,
+        "results": results,
+        "versions": {"msflow": __version__, "torch": torch.__version__},
+    }
+
+
+def _resume(
+    path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, noise: torch.Generator
+) -> int:
+    tensors, meta = load_checkpoint(path)
+    saved = meta["config"]
+    mine = config_to_dict(cfg)
+    for section in ("data", "model"):
+        if saved.get(section) != mine[section]:
+            raise CheckpointError(
+                f"{path} holds a run with a different {section} config ({saved.get(section)}); "
+                "resume with the same config or set train.out to a new folder"
+            )
+    load_weights(model, prefixed(tensors, "model"), str(path))
+    if ema is not None and any(k.startswith("ema/") for k in tensors):
+        ema.load_state_dict(prefixed(tensors, "ema"))
+    restore_optimizer(opt, tensors, meta["optimizer"])
+    noise.set_state(tensors["rng/noise"])
+    torch.set_rng_state(tensors["rng/torch"])
+    return int(meta["step"])
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train ``cfg`` to ``train.steps`` (resuming from the run folder's checkpoint), then report.
+
+    Returns the final results: test bits/dim (mean and standard error, EMA weights when EMA is
+    on), the run folder, the sample grid paths.
+    """
+    t = cfg.train
+    run_dir = cfg.run_dir
+    device = resolve_device(t.device)
+    train_set, test_set = load_data(cfg, "train"), load_data(cfg, "test")
+    model = build_model(cfg, device)
+    check_compatible(model, train_set, cfg)
+    steps_per_epoch = len(train_set) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ShapeError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images; lower it")
+    o = cfg.optim
+    opt = OPTIMIZERS[o.optimizer](model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
+    noise = torch.Generator().manual_seed(t.seed + 1)
+    ckpt = run_dir / CHECKPOINT
+    step = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else 0
+    if step == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
+
+    def checkpoint(results: dict | None = None) -> None:
+        tensors, optim_meta = _state_tensors(model, opt, ema, noise)
+        save_checkpoint(ckpt, tensors, _meta(cfg, model, step, optim_meta, results))
+
+    def eval_now() -> dict[str, float]:
+        with ema.applied(model) if ema else nullcontext():
+            return evaluate(model, test_set, t.eval_batch_size, seed=t.seed)
+
+    bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not t.progress, dynamic_ncols=True)
+    bad_in_a_row, seen, clock = 0, 0, time.perf_counter()
+    model.train()
+    while step < t.steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        idx = epoch_order(len(train_set), t.seed, epoch)[offset * t.batch_size : (offset + 1) * t.batch_size]
+        x = train_set.images[idx].to(device)
+        lr = learning_rate(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with subnet_precision(t.precision):
+            loss = model.bits_per_dim(x, generator=noise).mean()
+        opt.zero_grad(set_to_none=True)
+        grad_norm = torch.tensor(float("nan"))
+        if torch.isfinite(loss):
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        step += 1
+        seen += len(idx)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            bad_in_a_row += 1
+            log.write({"step": step, "event": "skipped_non_finite_step", "loss": float(loss), "in_a_row": bad_in_a_row})
+            if bad_in_a_row >= o.max_bad_steps:
+                raise TrainingDiverged(
+                    f"{bad_in_a_row} steps in a row had a non-finite loss or gradient; "
+                    "lower optim.lr or raise optim.warmup_steps"
+                )
+        else:
+            bad_in_a_row = 0
+            opt.step()
+            if ema is not None:
+                ema.update(model, step)
+        bar.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+            elapsed = time.perf_counter() - clock
+            log.write(
+                {
+                    "step": step,
+                    "loss_bpd": loss.item(),
+                    "lr": lr,
+                    "grad_norm": grad_norm.item(),
+                    "img_per_s": seen / elapsed,
+                }
+            )
+            bar.set_postfix(bpd=f"{loss.item():.3f}")
+            seen, clock = 0, time.perf_counter()
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            result = eval_now()
+            log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"]})
+            bar.write(f"step {step}: test bits/dim {result['bpd']:.4f} +- {result['bpd_stderr']:.4f}")
+        if t.sample_every and step % t.sample_every == 0:
+            with ema.applied(model) if ema else nullcontext():
+                sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}")
+        if step % t.checkpoint_every == 0 and step < t.steps:
+            checkpoint()
+    bar.close()
+    result = eval_now()
+    log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
+    with ema.applied(model) if ema else nullcontext():
+        grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final")
+    result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
+    checkpoint(result)
+    (run_dir / "results.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,33 @@
+"""JSON-lines metrics log that stays consistent across crashes and resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends one JSON object per line; on resume drops lines past the checkpoint's step.
+
+    Lines written after the last checkpoint of a killed run describe steps that the resumed run
+    will redo, so they are removed to keep one line per step and event.
+    """
+
+    def __init__(self, path: Path, resume_step: int = 0) -> None:
+        self.path = path
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` and flush it to disk."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

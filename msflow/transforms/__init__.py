@@ -1,0 +1,23 @@
+"""Invertible blocks, one concept per file; each follows :class:`msflow.core.InvertibleModule`."""
+
+from msflow.transforms.actnorm import ActNorm
+from msflow.transforms.conv1x1 import InvConv1x1
+from msflow.transforms.coupling import COUPLINGS, AdditiveCoupling, AffineCoupling
+from msflow.transforms.permute import ChannelPermutation
+from msflow.transforms.preprocess import Affine, Logit, UniformDequantize
+from msflow.transforms.reshape import Squeeze
+from msflow.transforms.split import GaussianSplitPrior
+
+__all__ = [
+    "COUPLINGS",
+    "ActNorm",
+    "AdditiveCoupling",
+    "Affine",
+    "AffineCoupling",
+    "ChannelPermutation",
+    "GaussianSplitPrior",
+    "InvConv1x1",
+    "Logit",
+    "Squeeze",
+    "UniformDequantize",
+]

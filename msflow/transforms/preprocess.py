@@ -1,0 +1,136 @@
+"""Dequantization and the maps from [0, 1) to the flow's input space.
+
+Dequantization turns integer pixels into a continuous ``v = (x + u) / 2^bits`` in [0, 1)^D. The
+bits/dim convention (DESIGN.md section 6) then only needs ``log p(v)`` (every map below adds its
+log-det to it) and ``log q(u | x)`` (0 for uniform noise); see :func:`msflow.metrics.bits_per_dim`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from msflow.core import InvertibleModule
+from msflow.errors import DataError
+
+
+class UniformDequantize(nn.Module):
+    r"""``v = (x + u) / 2^{bits}``, ``u ~ U[0, 1)^D``, with ``log q(u | x) = 0``.
+
+    Not an :class:`~msflow.core.InvertibleModule`: it is stochastic. :meth:`quantize` is its
+    left inverse (``quantize(dequantize(x)) == x``).
+
+    Args:
+        n_bits: bits per sub-pixel of the integer data.
+
+    Example:
+        >>> import torch
+        >>> deq = UniformDequantize(8)
+        >>> x = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+        >>> v, log_q = deq(x)
+        >>> bool(torch.equal(deq.quantize(v), x)), log_q.tolist()
+        (True, [0.0, 0.0])
+    """
+
+    def __init__(self, n_bits: int = 8) -> None:
+        super().__init__()
+        self.n_bits = n_bits
+        self.levels = 2**n_bits
+
+    def check(self, x: Tensor) -> None:
+        """Raise :class:`DataError` unless ``x`` holds integers in ``[0, 2^bits)``."""
+        if x.is_floating_point() and not torch.equal(x, x.floor()):
+            raise DataError(
+                f"expected integer pixel values in [0, {self.levels - 1}] (uint8 images), got "
+                "non-integer floats; pass the dataset's uint8 images, not normalised ones"
+            )
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.levels):
+            lo, hi = int(x.min()), int(x.max())
+            raise DataError(
+                f"pixel values must lie in [0, {self.levels - 1}] for {self.n_bits}-bit data, got [{lo}, {hi}]"
+            )
+
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor]:
+        """Returns ``(v, log q(u | x))``; ``generator`` makes the noise draw reproducible."""
+        self.check(x)
+        # Drawn on the generator's device, so a seeded draw is the same on CPU and CUDA.
+        where = generator.device if generator is not None else x.device
+        u = torch.rand(x.shape, generator=generator, device=where, dtype=dtype).to(x.device)
+        v = (x.to(dtype) + u) / self.levels
+        return v, v.new_zeros(x.shape[0])
+
+    def quantize(self, v: Tensor) -> Tensor:
+        """Map continuous ``v`` back to uint8 bins (clamped to the valid range)."""
+        return (v * self.levels).floor().clamp(0, self.levels - 1).to(torch.uint8)
+
+
+class Affine(InvertibleModule):
+    r"""Fixed elementwise ``z = a v + b``; log-det ``D log|a|``. Glow uses ``a = 1, b = -1/2``.
+
+    Example:
+        >>> import torch
+        >>> Affine(2.0, -1.0)(torch.ones(1, 1, 2, 2))[1].item() == 4 * math.log(2.0)
+        True
+    """
+
+    def __init__(self, scale: float = 1.0, shift: float = -0.5) -> None:
+        super().__init__()
+        if scale == 0:
+            raise ValueError("Affine scale must be non-zero")
+        self.scale, self.shift = scale, shift
+
+    def _logdet(self, x: Tensor) -> Tensor:
+        return x.new_full((x.shape[0],), x[0].numel() * math.log(abs(self.scale)))
+
+    def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        return x * self.scale + self.shift, self._logdet(x)
+
+    def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        return (z - self.shift) / self.scale, -self._logdet(z)
+
+
+class Logit(InvertibleModule):
+    r"""RealNVP's logit preprocessing: ``s = a + (1 - 2a) v``, ``z = log s - log(1 - s)``.
+
+    .. math::
+
+        \log|\det \partial z/\partial v| = \sum_i \log(1 - 2a) - \log s_i - \log(1 - s_i)
+
+    Args:
+        alpha: the margin ``a`` keeping ``s`` away from 0 and 1 (1e-6 for MNIST in FFJORD,
+            0.05 for CIFAR-10 in RealNVP).
+
+    Example:
+        >>> import torch
+        >>> logit = Logit(0.05)
+        >>> v = torch.rand(2, 1, 3, 3)
+        >>> z, ld = logit(v)
+        >>> bool(torch.allclose(logit.inverse(z)[0], v, atol=1e-6))
+        True
+    """
+
+    def __init__(self, alpha: float = 0.05) -> None:
+        super().__init__()
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"Logit alpha must be in [0, 0.5), got {alpha}")
+        self.alpha = alpha
+
+    def _logdet_from_s(self, s: Tensor) -> Tensor:
+        per_dim = math.log(1 - 2 * self.alpha) - torch.log(s) - torch.log1p(-s)
+        return per_dim.reshape(s.shape[0], -1).sum(1)
+
+    def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        s = self.alpha + (1 - 2 * self.alpha) * x
+        return torch.log(s) - torch.log1p(-s), self._logdet_from_s(s)
+
+    def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
+        s = torch.sigmoid(z)
+        return (s - self.alpha) / (1 - 2 * self.alpha), -self._logdet_from_s(s)
+
+
+PREPROCESSORS: dict[str, type[InvertibleModule]] = {"center": Affine, "logit": Logit}
