@@ -58,6 +58,10 @@ class InvertibleModule(nn.Module):
         """
         return tuple(in_shape)
 
+    def input_shape(self, out_shape: Shape) -> Shape:
+        """Shape of the input that gives an output of ``out_shape`` (the inverse of :meth:`output_shape`)."""
+        return tuple(out_shape)
+
 
 def zero_logdet(x: Tensor) -> Tensor:
     """A ``(B,)`` zero log-det with the dtype and device of ``x``."""
@@ -119,6 +123,12 @@ class FlowSequential(InvertibleModule):
                 raise ShapeError(f"block {i} ({type(block).__name__}): {err}") from None
         return shape
 
+    def input_shape(self, out_shape: Shape) -> Shape:
+        shape = tuple(out_shape)
+        for block in reversed(self.blocks):
+            shape = block.input_shape(shape)
+        return shape
+
     def __len__(self) -> int:
         return len(self.blocks)
 
@@ -140,11 +150,10 @@ class Inverse(InvertibleModule):
         return self.block(z, cond)
 
     def output_shape(self, in_shape: Shape) -> Shape:
-        # Shape-changing blocks here are shape bijections; find the input that maps to in_shape.
-        inverse_shape = getattr(self.block, "input_shape", None)
-        if inverse_shape is None:
-            return tuple(in_shape)
-        return inverse_shape(tuple(in_shape))
+        return self.block.input_shape(in_shape)
+
+    def input_shape(self, out_shape: Shape) -> Shape:
+        return self.block.output_shape(out_shape)
 
 
 def check_image(x: Tensor, expected: Shape, who: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from msflow.errors import ConfigError
+from msflow.errors import ConfigError, MsflowError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _HELP: dict[str, str] = {}
@@ -54,7 +54,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         )
     try:
         model = _MODELS[name](**overrides)
-    except TypeError as err:
+    except MsflowError:
+        raise
+    except (TypeError, ValueError, KeyError) as err:
         raise ConfigError(f"bad option for model {name!r}: {err}") from None
     model.spec = {"name": name, "overrides": dict(overrides)}
     return model

@@ -20,6 +20,8 @@ from msflow.transforms.preprocess import PREPROCESSORS
 
 def glow_step(hidden: int = 512, coupling: str = "affine", scale: str = "sigmoid", lu: bool = True) -> StepFactory:
     """One Glow step: ActNorm, invertible 1x1 conv, coupling with a ``hidden``-wide subnet."""
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {sorted(COUPLINGS)}")
     coupling_cls = COUPLINGS[coupling]
     extra = {"scale": scale} if coupling == "affine" else {}
 

@@ -62,6 +62,9 @@ class UniformDequantize(nn.Module):
         where = generator.device if generator is not None else x.device
         u = torch.rand(x.shape, generator=generator, device=where, dtype=dtype).to(x.device)
         v = (x.to(dtype) + u) / self.levels
+        # In float32, x + u rounds up to x + 1 when u is within half an ulp of 1; keep v in its bin.
+        top = (x.to(dtype) + 1) / self.levels
+        v = torch.minimum(v, torch.nextafter(top, torch.zeros_like(top)))
         return v, v.new_zeros(x.shape[0])
 
     def quantize(self, v: Tensor) -> Tensor:
