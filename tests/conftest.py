@@ -7,32 +7,24 @@ float64 inputs; the global default dtype is never changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor, nn
+
+# The suite runs as two xdist workers on two cores. One intra-op thread per process, and per
+# subprocess a test starts (they inherit the variable), avoids OpenMP oversubscription: its
+# spinning barriers made small-tensor tests 10-30x slower with two threads per process.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     """Every test starts from the same global RNG state, so failures reproduce."""
     torch.manual_seed(0)
-
-
-@pytest.fixture(scope="module")
-def single_thread() -> Iterator[None]:
-    """Run a module's tiny-tensor tests on one intra-op thread, then restore the setting.
-
-    Tensors here are a few hundred entries: a second thread cannot help, and on a busy 2-core
-    machine OpenMP's spinning barriers made the same test 10-30x slower with two threads.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _randomize(module: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:

@@ -37,8 +37,6 @@ from msflow.transforms import (
     UniformDequantize,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 B = 3
 COND_CHANNELS = 2
 F64 = torch.float64

@@ -24,8 +24,6 @@ from msflow.metrics import bits_per_dim
 from msflow.models.glow import glow, realnvp
 from msflow.models.multiscale import MultiScaleFlow
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 MODELS = msflow.list_models()
 TINY = {"steps": 1, "hidden": 8}
 BATCH = 3
