@@ -7,6 +7,7 @@ printed as one line on stderr with exit code 2; nothing half-written is left beh
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -140,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MsflowError as err:
         print(f"msflow {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"msflow {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
