@@ -8,13 +8,32 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    # The only portable way to read the umask is to set it and put it back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_TMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete temporary files that a crash during :func:`atomic_write` left in ``folder``."""
+    for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file owner-only (and writers may recreate it): give it the
+        # permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -37,13 +37,12 @@ def _bpd_line(split: str, result: dict, data: str, seed: int) -> str:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from msflow.train import apply_overrides, load_config, train
+    from msflow.train.config import replace
 
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.out:
-        overrides.append(f"train.out={args.out}")
-    cfg = apply_overrides(load_config(args.config), overrides)
+    cfg = apply_overrides(load_config(args.config), list(args.overrides))
+    # Options are taken literally (not parsed as YAML like the overrides): `--out "run #1"`.
+    literal = {k: v for k, v in (("device", args.device), ("out", args.out)) if v}
+    cfg = replace(cfg, train=replace(cfg.train, **literal))
     result = train(cfg)
     print(_bpd_line("test", result, cfg.data.name, cfg.train.seed))
     print(f"run folder: {result['run_dir']}")
@@ -134,7 +133,14 @@ def _split_dashed_overrides(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``msflow`` console script; returns the exit code."""
-    args = build_parser().parse_args(_split_dashed_overrides(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    # parse_known_args, because argparse cannot take positional overrides after an option
+    # (`msflow train CFG --out D k=v`): the leftovers are the train command's overrides.
+    args, extra = parser.parse_known_args(_split_dashed_overrides(sys.argv[1:] if argv is None else argv))
+    if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from msflow._io import atomic_write
@@ -71,10 +71,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             f"no checkpoint at {path}; give a run folder written by `msflow train` or its .safetensors file"
         )
     try:
-        tensors = load_file(str(path))
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len)).get("__metadata__", {})
+        # One handle for tensors and metadata, so both come from the same file version.
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as err:
         raise CheckpointError(
             f"{path} is not a safetensors checkpoint ({str(err).splitlines()[0][:80]}); msflow never unpickles "

@@ -11,6 +11,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -88,13 +90,36 @@ class Config:
         return Path(self.train.out or f"runs/{self.name}")
 
 
-_CHOICES = {
-    ("optim", "optimizer"): ("adam", "adamax"),
-    ("optim", "schedule"): ("constant", "cosine"),
-    ("train", "device"): ("auto", "cpu", "cuda"),
-    ("train", "precision"): ("float32", "bf16-mixed"),
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0), "positive (a finite number > 0)"
+_COUNT = (lambda v: v >= 0), "an integer >= 0 (0 means never)"
+_FRACTION = (lambda v: 0 <= v < 1), "a number in [0, 1)"
+# (section, key) -> (check, what a valid value is); every other field only has its type checked.
+_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("optim", "optimizer"): _one_of("adam", "adamax"),
+    ("optim", "schedule"): _one_of("constant", "cosine"),
+    ("optim", "lr"): _POSITIVE,
+    ("optim", "betas"): ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+    ("optim", "weight_decay"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
+    ("optim", "warmup_steps"): _COUNT,
+    ("optim", "grad_clip"): _POSITIVE,
+    ("optim", "ema_decay"): _FRACTION,
+    ("optim", "max_bad_steps"): _POSITIVE,
+    ("train", "steps"): _POSITIVE,
+    ("train", "batch_size"): _POSITIVE,
+    ("train", "eval_batch_size"): _POSITIVE,
+    ("train", "eval_every"): _COUNT,
+    ("train", "checkpoint_every"): _COUNT,
+    ("train", "log_every"): _COUNT,
+    ("train", "sample_every"): _COUNT,
+    ("train", "num_samples"): _COUNT,
+    ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
+    ("train", "device"): _one_of("auto", "cpu", "cuda"),
+    ("train", "precision"): _one_of("float32", "bf16-mixed"),
 }
-_POSITIVE = {("train", "steps"), ("train", "batch_size"), ("train", "eval_batch_size"), ("optim", "lr")}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -106,7 +131,7 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list, got {value!r}")
         inner = float if "float" in typ else int
         try:
-            return tuple(inner(v) for v in value)
+            return tuple(inner(v) for v in value if not isinstance(v, bool))
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a list of numbers, got {value!r}") from None
     if typ.startswith("dict"):
@@ -114,6 +139,12 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
     base = typ.split("|")[0].strip()
+    if base == "float" and isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot (1e-3) as strings.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     checks = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
     if isinstance(value, bool) and base != "bool" or not isinstance(value, checks[base]):
         raise ConfigError(f"{where} must be of type {base}, got {value!r}")
@@ -136,11 +167,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         kwargs[name] = _build(sub, value, name) if sub else _coerce(value, str(known[name].type), path)
     obj = cls(**kwargs)
     for name, value in kwargs.items():
-        key = (where, name)
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise ConfigError(f"{where}.{name} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
-        if key in _POSITIVE and value <= 0:
-            raise ConfigError(f"{where}.{name} must be positive, got {value!r}")
+        check, valid = _RULES.get((where, name), (lambda v: True, ""))
+        if not check(value):
+            raise ConfigError(f"{where}.{name} must be {valid}, got {value!r}")
     return obj
 
 
@@ -169,9 +198,14 @@ def load_config(path: str | Path) -> Config:
     """Read a YAML experiment file (a bare name looks in the ``configs/`` folder)."""
     path = resolve_config_path(path)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not valid YAML: it is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        kind = type(values).__name__
+        raise ConfigError(f"{path} must hold a mapping of sections (data, model, optim, train), not a {kind}")
     values.setdefault("name", path.stem)
     return config_from_dict(values)
 

@@ -21,6 +21,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from msflow._io import remove_stale_temp_files
 from msflow.data import ImageDataset, get_dataset
 from msflow.errors import CheckpointError, MsflowError, ShapeError
 from msflow.models import create_model
@@ -118,10 +119,13 @@ def _resume(
     tensors, meta = load_checkpoint(path)
     saved = meta["config"]
     mine = config_to_dict(cfg)
-    for section in ("data", "model"):
-        if saved.get(section) != mine[section]:
+    # What must match for the saved state to mean the same thing in this run.
+    pairs = [(s, saved.get(s), mine[s]) for s in ("data", "model")]
+    pairs.append(("optim.optimizer", saved.get("optim", {}).get("optimizer"), cfg.optim.optimizer))
+    for what, theirs, ours in pairs:
+        if theirs != ours:
             raise CheckpointError(
-                f"{path} holds a run with a different {section} config ({saved.get(section)}); "
+                f"{path} holds a run with a different {what} config ({theirs}); "
                 "resume with the same config or set train.out to a new folder"
             )
     load_weights(model, prefixed(tensors, "model"), str(path))
@@ -131,6 +135,11 @@ def _resume(
     noise.set_state(tensors["rng/noise"])
     torch.set_rng_state(tensors["rng/torch"])
     return int(meta["step"])
+
+
+def _every(step: int, period: int) -> bool:
+    """True every ``period`` steps; a period of 0 means never."""
+    return period > 0 and step % period == 0
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -154,6 +163,8 @@ def train(cfg: Config) -> dict[str, Any]:
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
     step = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else 0
+    for folder in (run_dir, run_dir / "samples"):
+        remove_stale_temp_files(folder)
     if step == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -188,7 +199,7 @@ def train(cfg: Config) -> dict[str, Any]:
         seen += len(idx)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             bad_in_a_row += 1
-            log.write({"step": step, "event": "skipped_non_finite_step", "loss": float(loss), "in_a_row": bad_in_a_row})
+            log.write({"step": step, "event": "skipped_non_finite_step", "loss": loss.item(), "in_a_row": bad_in_a_row})
             if bad_in_a_row >= o.max_bad_steps:
                 raise TrainingDiverged(
                     f"{bad_in_a_row} steps in a row had a non-finite loss or gradient; "
@@ -200,7 +211,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if ema is not None:
                 ema.update(model, step)
         bar.update(1)
-        if step % t.log_every == 0 or step == t.steps:
+        if _every(step, t.log_every) or step == t.steps:
             elapsed = time.perf_counter() - clock
             log.write(
                 {
@@ -213,20 +224,22 @@ def train(cfg: Config) -> dict[str, Any]:
             )
             bar.set_postfix(bpd=f"{loss.item():.3f}")
             seen, clock = 0, time.perf_counter()
-        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+        if _every(step, t.eval_every) and step < t.steps:
             result = eval_now()
             log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"]})
             bar.write(f"step {step}: test bits/dim {result['bpd']:.4f} +- {result['bpd_stderr']:.4f}")
-        if t.sample_every and step % t.sample_every == 0:
+        if _every(step, t.sample_every) and t.num_samples:
             with ema.applied(model) if ema else nullcontext():
                 sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}")
-        if step % t.checkpoint_every == 0 and step < t.steps:
+        if _every(step, t.checkpoint_every) and step < t.steps:
             checkpoint()
     bar.close()
     result = eval_now()
     log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
-    with ema.applied(model) if ema else nullcontext():
-        grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final")
+    grids = []
+    if t.num_samples:
+        with ema.applied(model) if ema else nullcontext():
+            grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final")
     result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
     checkpoint(result)
     (run_dir / "results.json").write_text(json.dumps(result, indent=2))

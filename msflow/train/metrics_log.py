@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -29,5 +30,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` and flush it to disk."""
+        # Non-finite numbers become null: NaN and Infinity are not valid JSON.
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(clean) + "\n")
