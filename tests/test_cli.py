@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY as TINY_BASE
 
 from msflow.cli import main
 from msflow.train.checkpoint import load_checkpoint
@@ -27,20 +28,7 @@ from msflow.train.evaluate import evaluate
 from msflow.train.loop import load_data
 from msflow.train.run import CHECKPOINT, load_run
 
-TINY = [
-    "data.name=digits8",
-    "model.options.image_shape=[1,8,8]",
-    "model.options.steps=1",
-    "model.options.hidden=8",
-    "train.batch_size=64",
-    "train.eval_batch_size=500",
-    "train.eval_every=0",
-    "train.num_samples=4",
-    "train.temperatures=[0.7]",
-    "train.progress=false",
-    "train.device=cpu",
-    "optim.warmup_steps=2",
-]
+TINY = TINY_BASE
 # mnist5k at 28x28 with a tiny Glow, for the shape errors
 TINY_MNIST = ["model.options.steps=1", "model.options.hidden=8", "train.steps=2", "train.progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import TINY as TINY_BASE
 
 from msflow.cli import _split_dashed_overrides
 from msflow.errors import ConfigError, MsflowError
@@ -25,19 +26,7 @@ from msflow.train.run import load_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-TINY = [
-    "data.name=digits8",
-    "model.options.image_shape=[1,8,8]",
-    "model.options.steps=1",
-    "model.options.hidden=8",
-    "train.batch_size=64",
-    "train.eval_every=0",
-    "train.num_samples=4",
-    "train.temperatures=[0.7]",
-    "train.progress=false",
-    "train.device=cpu",
-    "optim.warmup_steps=2",
-]
+TINY = TINY_BASE
 
 
 # ----------------------------------------------------------------------------- YAML files

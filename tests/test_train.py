@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY as TINY_BASE
 
 import msflow.train.loop as loop
 from msflow.errors import CheckpointError, MsflowError, ShapeError
@@ -27,21 +28,7 @@ from msflow.train.loop import TrainingDiverged, epoch_order, learning_rate, trai
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.run import CHECKPOINT
 
-TINY = [
-    "data.name=digits8",
-    "model.options.image_shape=[1,8,8]",
-    "model.options.steps=1",
-    "model.options.hidden=8",
-    "train.batch_size=64",
-    "train.eval_batch_size=500",
-    "train.eval_every=0",
-    "train.num_samples=4",
-    "train.temperatures=[0.7]",
-    "train.progress=false",
-    "train.device=cpu",
-    "train.log_every=1",
-    "optim.warmup_steps=2",
-]
+TINY = [*TINY_BASE, "train.log_every=1"]
 
 # 1438 digits / 256 = 5 steps per epoch: 24 steps cross four epoch boundaries; eval, sample
 # grids and checkpoints all happen mid-run.
