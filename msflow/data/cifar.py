@@ -86,10 +86,11 @@ def load_cifar10(split: str, root: str | os.PathLike[str] | None = None) -> Imag
 
     ``root`` is the ``cifar-10-batches-bin`` folder or the folder that contains it.
 
-    Example:
-        >>> ds = load_cifar10("test", root="~/data")  # doctest: +SKIP
-        >>> len(ds), ds.image_shape  # doctest: +SKIP
-        (10000, (3, 32, 32))
+    Example (needs your own files, so not run as a doctest)::
+
+        ds = load_cifar10("test", root="~/data")
+        len(ds), ds.image_shape
+        # -> (10000, (3, 32, 32))
     """
     folder = _batches_folder(require_root(root, "cifar10", "the CIFAR-10 binary batches (data_batch_1.bin ...)"))
     images, labels = [], []

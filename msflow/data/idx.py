@@ -120,10 +120,11 @@ def _expects(name: str) -> str:
 def load_mnist(split: str, root: str | os.PathLike[str] | None = None) -> ImageDataset:
     """MNIST (1x28x28, labels 0..9) from the four IDX files in ``root``.
 
-    Example:
-        >>> ds = load_mnist("test", root="~/data/mnist")  # doctest: +SKIP
-        >>> len(ds)  # doctest: +SKIP
-        10000
+    Example (needs your own files, so not run as a doctest)::
+
+        ds = load_mnist("test", root="~/data/mnist")
+        len(ds)
+        # -> 10000
     """
     return _load_idx_pair(require_root(root, "mnist", _expects("MNIST")), split, "mnist")
 
@@ -131,10 +132,11 @@ def load_mnist(split: str, root: str | os.PathLike[str] | None = None) -> ImageD
 def load_fashion_mnist(split: str, root: str | os.PathLike[str] | None = None) -> ImageDataset:
     """Fashion-MNIST (1x28x28, labels 0..9); same file names and format as MNIST.
 
-    Example:
-        >>> ds = load_fashion_mnist("train", root="~/data/fashion")  # doctest: +SKIP
-        >>> ds.image_shape  # doctest: +SKIP
-        (1, 28, 28)
+    Example (needs your own files, so not run as a doctest)::
+
+        ds = load_fashion_mnist("train", root="~/data/fashion")
+        ds.image_shape
+        # -> (1, 28, 28)
     """
     root_path = require_root(root, "fashion-mnist", _expects("Fashion-MNIST"))
     return _load_idx_pair(root_path, split, "fashion-mnist")

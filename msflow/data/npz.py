@@ -98,11 +98,12 @@ def load_imagenet_npz(root: Path, split: str, size: int) -> ImageDataset:
 
     Labels are shifted from the files' 1..1000 to 0..999.
 
-    Example:
-        >>> from pathlib import Path
-        >>> ds = load_imagenet_npz(Path("imagenet32"), "test", 32)  # doctest: +SKIP
-        >>> len(ds), ds.image_shape  # doctest: +SKIP
-        (50000, (3, 32, 32))
+    Example (needs your own files, so not run as a doctest)::
+
+        from pathlib import Path
+        ds = load_imagenet_npz(Path("imagenet32"), "test", 32)
+        len(ds), ds.image_shape
+        # -> (50000, (3, 32, 32))
     """
     files = _find_files(root, split, size)
     counts = [_check_file(path, size) for path in files]
@@ -124,10 +125,11 @@ def load_imagenet32(split: str, root: str | os.PathLike[str] | None = None) -> I
 
     ``root`` holds ``Imagenet32_train_npz/`` and ``Imagenet32_val_npz/`` (or their files).
 
-    Example:
-        >>> ds = load_imagenet32("test", root="~/data/imagenet32")  # doctest: +SKIP
-        >>> ds.image_shape  # doctest: +SKIP
-        (3, 32, 32)
+    Example (needs your own files, so not run as a doctest)::
+
+        ds = load_imagenet32("test", root="~/data/imagenet32")
+        ds.image_shape
+        # -> (3, 32, 32)
     """
     return load_imagenet_npz(require_root(root, "imagenet32", _expects(32)), split, 32)
 
@@ -137,9 +139,10 @@ def load_imagenet64(split: str, root: str | os.PathLike[str] | None = None) -> I
 
     ``root`` holds ``Imagenet64_train_*/`` and ``Imagenet64_val/`` (or their files).
 
-    Example:
-        >>> ds = load_imagenet64("test", root="~/data/imagenet64")  # doctest: +SKIP
-        >>> ds.image_shape  # doctest: +SKIP
-        (3, 64, 64)
+    Example (needs your own files, so not run as a doctest)::
+
+        ds = load_imagenet64("test", root="~/data/imagenet64")
+        ds.image_shape
+        # -> (3, 64, 64)
     """
     return load_imagenet_npz(require_root(root, "imagenet64", _expects(64)), split, 64)
