@@ -86,6 +86,10 @@ class MultiScaleFlow(nn.Module):
         self.cond_encoder = cond_encoder
         self.num_dims = int(torch.tensor(self.image_shape).prod())
         self._latent_shapes = self._trace_shapes()
+        # oneDNN's convolutions run faster on channels-last weights (measured on the CPU here:
+        # training +20-30 %, evaluation +8 %, sampling +5 %, identical results), so that is the
+        # layout the model is built in; Module.to(device) and load_state_dict keep it.
+        self.to(memory_format=torch.channels_last)
 
     def _trace_shapes(self) -> list[Shape]:
         shapes, shape = [], self.preprocess.output_shape(self.image_shape)
