@@ -151,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:
+        # An output path that is a folder, read-only, on a full disk...: the user's to fix.
+        print(f"msflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"msflow {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

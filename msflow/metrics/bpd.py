@@ -37,5 +37,7 @@ def mean_and_stderr(values: Tensor) -> tuple[float, float]:
     """Mean and standard error of the mean of a 1-D tensor (as reported for test bits/dim)."""
     values = values.double().flatten()
     n = values.numel()
+    if n == 0:
+        raise ValueError("no values to average: the evaluated dataset is empty")
     std = values.std(unbiased=True).item() if n > 1 else 0.0
     return values.mean().item(), std / math.sqrt(n)

@@ -130,8 +130,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         inner = float if "float" in typ else int
+        if any(isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
         try:
-            return tuple(inner(v) for v in value if not isinstance(v, bool))
+            return tuple(inner(v) for v in value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a list of numbers, got {value!r}") from None
     if typ.startswith("dict"):

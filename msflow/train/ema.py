@@ -52,6 +52,12 @@ class EMA:
         finally:
             model.load_state_dict(saved)
 
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Restart the average at ``model``'s current weights."""
+        for name, value in model.state_dict().items():
+            self.shadow[name].copy_(value)
+
     def state_dict(self) -> dict[str, Tensor]:
         """The shadow weights (for checkpoints)."""
         return self.shadow

@@ -31,7 +31,6 @@ def dataset_bits_per_dim(
     dataset: ImageDataset,
     batch_size: int = 500,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> Tensor:
     """Per-image bits/dim of a whole dataset with one seeded uniform dequantization draw.

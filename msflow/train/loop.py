@@ -62,11 +62,8 @@ def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
     """Raise a :class:`ShapeError` naming the fix when data and model shapes differ."""
     if tuple(data.image_shape) != tuple(model.image_shape):
         got, want = ("x".join(map(str, s)) for s in (data.image_shape, model.image_shape))
-        hint = (
-            f"set data.pad_to={model.image_shape[-1]}"
-            if data.image_shape[0] == model.image_shape[0]
-            else "choose a model preset for this data"
-        )
+        smaller = data.image_shape[0] == model.image_shape[0] and data.image_shape[-1] < model.image_shape[-1]
+        hint = f"set data.pad_to={model.image_shape[-1]}" if smaller else "choose a model preset for this data"
         raise ShapeError(
             f"dataset {cfg.data.name!r} has {got} images but model {cfg.model.name!r} expects {want}; {hint}"
         )
@@ -100,13 +97,14 @@ def _state_tensors(
     return tensors, optim_meta
 
 
-def _meta(cfg: Config, model: nn.Module, step: int, optim_meta: dict, results: dict | None) -> dict[str, Any]:
+def _meta(cfg: Config, model: nn.Module, step: int, bad: int, optim_meta: dict, results: dict | None) -> dict:
     from msflow import __version__
 
     return {
         "config": config_to_dict(cfg),
         "model_spec": model.spec,
         "step": step,
+        "bad_in_a_row": bad,
         "optimizer": optim_meta,
         "results": results,
         "versions": {"msflow": __version__, "torch": torch.__version__},
@@ -115,7 +113,8 @@ def _meta(cfg: Config, model: nn.Module, step: int, optim_meta: dict, results: d
 
 def _resume(
     path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, noise: torch.Generator
-) -> int:
+) -> tuple[int, int]:
+    """Restore the run's state from ``path``; returns ``(step, non-finite steps in a row)``."""
     tensors, meta = load_checkpoint(path)
     saved = meta["config"]
     mine = config_to_dict(cfg)
@@ -129,12 +128,20 @@ def _resume(
                 "resume with the same config or set train.out to a new folder"
             )
     load_weights(model, prefixed(tensors, "model"), str(path))
-    if ema is not None and any(k.startswith("ema/") for k in tensors):
-        ema.load_state_dict(prefixed(tensors, "ema"))
+    if ema is not None:
+        saved_ema = prefixed(tensors, "ema")
+        # A run that had EMA off has none saved: start averaging from the loaded weights.
+        if saved_ema:
+            ema.load_state_dict(saved_ema)
+        else:
+            ema.reset(model)
     restore_optimizer(opt, tensors, meta["optimizer"])
+    # The config is the source of truth: hyperparameters changed for the resumed run apply.
+    for group in opt.param_groups:
+        group.update(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     noise.set_state(tensors["rng/noise"])
     torch.set_rng_state(tensors["rng/torch"])
-    return int(meta["step"])
+    return int(meta["step"]), int(meta.get("bad_in_a_row", 0))
 
 
 def _every(step: int, period: int) -> bool:
@@ -162,7 +169,7 @@ def train(cfg: Config) -> dict[str, Any]:
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
-    step = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else 0
+    step, bad_in_a_row = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, 0)
     for folder in (run_dir, run_dir / "samples"):
         remove_stale_temp_files(folder)
     if step == 0:
@@ -172,14 +179,14 @@ def train(cfg: Config) -> dict[str, Any]:
 
     def checkpoint(results: dict | None = None) -> None:
         tensors, optim_meta = _state_tensors(model, opt, ema, noise)
-        save_checkpoint(ckpt, tensors, _meta(cfg, model, step, optim_meta, results))
+        save_checkpoint(ckpt, tensors, _meta(cfg, model, step, bad_in_a_row, optim_meta, results))
 
     def eval_now() -> dict[str, float]:
         with ema.applied(model) if ema else nullcontext():
             return evaluate(model, test_set, t.eval_batch_size, seed=t.seed)
 
     bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not t.progress, dynamic_ncols=True)
-    bad_in_a_row, seen, clock = 0, 0, time.perf_counter()
+    seen, clock = 0, time.perf_counter()
     model.train()
     while step < t.steps:
         epoch, offset = divmod(step, steps_per_epoch)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from msflow.errors import CheckpointError, ConfigError
+from msflow.errors import CheckpointError
 from msflow.models import create_model
 from msflow.train.checkpoint import load_checkpoint, load_weights, prefixed
 from msflow.train.config import Config, config_from_dict
@@ -40,12 +40,12 @@ def load_run(
     tensors, meta = load_checkpoint(path)
     try:
         cfg = config_from_dict(meta["config"])
-        spec = meta["model_spec"]
-    except (KeyError, ConfigError) as err:
+        name, overrides = meta["model_spec"]["name"], dict(meta["model_spec"]["overrides"])
+    except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(
             f"{path} has an unreadable stored config ({err}); it was not written by this msflow version"
         ) from None
-    model = create_model(spec["name"], **spec["overrides"])
+    model = create_model(name, **overrides)
     weights = (
         prefixed(tensors, "ema") if ema and any(k.startswith("ema/") for k in tensors) else prefixed(tensors, "model")
     )

@@ -66,7 +66,7 @@ class ActNorm(InvertibleModule):
         self.initialized.fill_(True)
 
     def _logdet(self, x: Tensor) -> Tensor:
-        return (self.log_scale.sum() * (x.shape[2] * x.shape[3])).to(x.dtype).expand(x.shape[0])
+        return (self.log_scale.sum() * (x.shape[2] * x.shape[3])).to(x.dtype) * x.new_ones(x.shape[0])
 
     def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
         if not bool(self.initialized):

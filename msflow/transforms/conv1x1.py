@@ -69,7 +69,7 @@ class InvConv1x1(InvertibleModule):
 
     def _mix(self, x: Tensor, w: Tensor, logabsdet: Tensor, sign: float) -> tuple[Tensor, Tensor]:
         z = F.conv2d(x, w.to(x.dtype)[:, :, None, None])
-        logdet = (sign * logabsdet * (x.shape[2] * x.shape[3])).to(x.dtype).expand(x.shape[0])
+        logdet = (sign * logabsdet * (x.shape[2] * x.shape[3])).to(x.dtype) * x.new_ones(x.shape[0])
         return z, logdet
 
     def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msflow.core import InvertibleModule
@@ -65,6 +66,9 @@ class UniformDequantize(nn.Module):
         # In float32, x + u rounds up to x + 1 when u is within half an ulp of 1; keep v in its bin.
         top = (x.to(dtype) + 1) / self.levels
         v = torch.minimum(v, torch.nextafter(top, torch.zeros_like(top)))
+        # u = 0 exactly happens (2^-24 per draw): keep v off the bin's edge, where logit(0) = -inf.
+        bottom = x.to(dtype) / self.levels
+        v = torch.maximum(v, torch.nextafter(bottom, top))
         return v, v.new_zeros(x.shape[0])
 
     def quantize(self, v: Tensor) -> Tensor:
@@ -88,7 +92,7 @@ class Affine(InvertibleModule):
         self.scale, self.shift = scale, shift
 
     def _logdet(self, x: Tensor) -> Tensor:
-        return x.new_full((x.shape[0],), x[0].numel() * math.log(abs(self.scale)))
+        return x.new_full((x.shape[0],), math.prod(x.shape[1:]) * math.log(abs(self.scale)))
 
     def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
         return x * self.scale + self.shift, self._logdet(x)
@@ -123,17 +127,20 @@ class Logit(InvertibleModule):
             raise ValueError(f"Logit alpha must be in [0, 0.5), got {alpha}")
         self.alpha = alpha
 
-    def _logdet_from_s(self, s: Tensor) -> Tensor:
-        per_dim = math.log(1 - 2 * self.alpha) - torch.log(s) - torch.log1p(-s)
-        return per_dim.reshape(s.shape[0], -1).sum(1)
+    def _logdet(self, z: Tensor) -> Tensor:
+        # -log s - log(1 - s) = softplus(-z) + softplus(z): finite even where sigmoid(z)
+        # rounds to exactly 0 or 1 (|z| > ~17 in float32).
+        per_dim = math.log(1 - 2 * self.alpha) + F.softplus(-z) + F.softplus(z)
+        return per_dim.reshape(z.shape[0], -1).sum(1)
 
     def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
         s = self.alpha + (1 - 2 * self.alpha) * x
-        return torch.log(s) - torch.log1p(-s), self._logdet_from_s(s)
+        z = torch.log(s) - torch.log1p(-s)
+        return z, self._logdet(z)
 
     def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
         s = torch.sigmoid(z)
-        return (s - self.alpha) / (1 - 2 * self.alpha), -self._logdet_from_s(s)
+        return (s - self.alpha) / (1 - 2 * self.alpha), -self._logdet(z)
 
 
 PREPROCESSORS: dict[str, type[InvertibleModule]] = {"center": Affine, "logit": Logit}
