@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from msflow.errors import ShapeError
 
@@ -99,11 +101,17 @@ class FlowSequential(InvertibleModule):
                     "non-invertible networks inside a coupling or prior"
                 )
         self.blocks = nn.ModuleList(blocks)
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
         logdet = zero_logdet(x)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x, ld = block(x, cond)
+            if recompute and _ready_for_recompute(block):
+                # Keep only the block's input; its activations are recomputed in backward.
+                x, ld = checkpoint(block, x, cond, use_reentrant=False)
+            else:
+                x, ld = block(x, cond)
             logdet = logdet + ld
         return x, logdet
 
@@ -134,6 +142,30 @@ class FlowSequential(InvertibleModule):
 
     def __getitem__(self, i: int) -> InvertibleModule:
         return self.blocks[i]
+
+
+def _ready_for_recompute(block: nn.Module) -> bool:
+    """False while a data-dependent initialisation (ActNorm) is pending: it must run exactly once."""
+    return all(bool(getattr(m, "initialized", True)) for m in block.modules())
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Recompute each block's activations in backward instead of storing them (Chen et al. 2016).
+
+    Training memory then holds one tensor per block (its input) plus one block's activations,
+    at the cost of a second forward pass. Applies to every :class:`FlowSequential` in
+    ``model``; results and gradients are unchanged.
+
+    Example:
+        >>> from msflow import create_model
+        >>> model = set_gradient_checkpointing(create_model("glow-mnist", hidden=8, steps=1))
+        >>> model.levels[0].gradient_checkpointing
+        True
+    """
+    for module in model.modules():
+        if isinstance(module, FlowSequential):
+            module.gradient_checkpointing = enabled
+    return model
 
 
 class Inverse(InvertibleModule):
@@ -174,6 +206,7 @@ __all__ = [
     "Shape",
     "check_image",
     "require_cond",
+    "set_gradient_checkpointing",
     "sum_except_batch",
     "zero_logdet",
 ]

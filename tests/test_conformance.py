@@ -23,17 +23,20 @@ from torch import Tensor
 
 from msflow.core import FlowSequential, Inverse, InvertibleModule
 from msflow.errors import DataError, ShapeError
-from msflow.nn import conv_subnet
+from msflow.nn import conv_subnet, resnet_subnet
 from msflow.transforms import (
     ActNorm,
     AdditiveCoupling,
     Affine,
     AffineCoupling,
     ChannelPermutation,
+    DualAffineCoupling,
     GaussianSplitPrior,
     InvConv1x1,
     Logit,
+    RQActivation,
     Squeeze,
+    StridedInvConv,
     UniformDequantize,
 )
 
@@ -98,6 +101,25 @@ CASES = [
         "split-prior-top-cond",
         lambda: GaussianSplitPrior(4, keep=0, cond_channels=COND_CHANNELS),
         cond_channels=COND_CHANNELS,
+    ),
+    Case("strided-conv-k2-lu", lambda: StridedInvConv(4, k=2)),
+    Case("strided-conv-k2-plain", lambda: StridedInvConv(4, k=2, kappa=0.8, lu=False)),
+    Case("strided-conv-k1", lambda: StridedInvConv(4, k=1, kappa=1.3)),
+    Case("dual-coupling", lambda: DualAffineCoupling(4, subnet=subnet(), init_log_scale=0.2)),
+    Case("dual-coupling-odd-m1", lambda: DualAffineCoupling(5, subnet=subnet(), mixtures=1), in_shape=(5, 4, 6)),
+    Case(
+        "dual-coupling-cond",
+        lambda: DualAffineCoupling(4, subnet=subnet(), cond_channels=COND_CHANNELS),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case("rq-activation", lambda: RQActivation(4, bins=6, beta=0.8, width=2.0)),
+    Case(
+        "balanced-block",
+        lambda: FlowSequential(
+            StridedInvConv(4, k=2),
+            DualAffineCoupling(16, subnet=resnet_subnet(hidden=8), init_log_scale=-math.log(0.8)),
+            RQActivation(16, bins=4, beta=0.8),
+        ),
     ),
     Case("affine-fixed", lambda: Affine(-1.7, 0.3)),
     Case("logit", lambda: Logit(0.05), unit_input=True),

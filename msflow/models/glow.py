@@ -12,10 +12,9 @@ from functools import partial
 
 from msflow.core import InvertibleModule, Shape
 from msflow.models._registry import register_model
-from msflow.models.multiscale import MultiScaleFlow, StepFactory, build_multiscale
+from msflow.models.multiscale import MultiScaleFlow, StepFactory, build_multiscale, make_preprocess
 from msflow.nn.subnets import conv_subnet
 from msflow.transforms import COUPLINGS, ActNorm, ChannelPermutation, InvConv1x1
-from msflow.transforms.preprocess import PREPROCESSORS
 
 
 def glow_step(hidden: int = 512, coupling: str = "affine", scale: str = "sigmoid", lu: bool = True) -> StepFactory:
@@ -47,12 +46,6 @@ def realnvp_step(hidden: int = 512) -> StepFactory:
     return step
 
 
-def _preprocess(name: str, alpha: float) -> InvertibleModule:
-    if name not in PREPROCESSORS:
-        raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(PREPROCESSORS)}")
-    return PREPROCESSORS[name](alpha) if name == "logit" else PREPROCESSORS[name]()
-
-
 def glow(
     image_shape: Shape,
     levels: int = 3,
@@ -66,7 +59,7 @@ def glow(
 ) -> MultiScaleFlow:
     """A Glow model for ``image_shape``; arguments as in :func:`glow_step` and :func:`build_multiscale`."""
     step = glow_step(hidden, coupling, scale, lu)
-    return build_multiscale(tuple(image_shape), levels, steps, step, _preprocess(preprocess, alpha))
+    return build_multiscale(tuple(image_shape), levels, steps, step, make_preprocess(preprocess, alpha))
 
 
 def realnvp(
@@ -78,7 +71,7 @@ def realnvp(
     alpha: float = 0.05,
 ) -> MultiScaleFlow:
     """A RealNVP-style model (channel-wise couplings after each squeeze)."""
-    return build_multiscale(tuple(image_shape), levels, steps, realnvp_step(hidden), _preprocess(preprocess, alpha))
+    return build_multiscale(tuple(image_shape), levels, steps, realnvp_step(hidden), make_preprocess(preprocess, alpha))
 
 
 # name: (image shape, levels, Glow steps/hidden, RealNVP steps/hidden, logit alpha)

@@ -14,6 +14,7 @@ from msflow.distributions import standard_normal_log_prob, standard_normal_sampl
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.transforms import GaussianSplitPrior, Squeeze, UniformDequantize
+from msflow.transforms.preprocess import PREPROCESSORS
 
 StepFactory = Callable[[int, int], Sequence[InvertibleModule]]
 """``step(num_channels, cond_channels) -> blocks`` of one flow step at one level."""
@@ -174,6 +175,13 @@ class MultiScaleFlow(nn.Module):
         """Draw ``n`` uint8 images ``(n, C, H, W)`` at ``temperature``."""
         zs = self.sample_latents(n, temperature, generator)
         return self.dequantizer.quantize(self.decode(zs, cond))
+
+
+def make_preprocess(name: str, alpha: float = 0.05) -> InvertibleModule:
+    """The preprocessing map by name: ``"center"`` (``v - 1/2``) or ``"logit"`` (with ``alpha``)."""
+    if name not in PREPROCESSORS:
+        raise ValueError(f"unknown preprocessing {name!r}; choose one of {sorted(PREPROCESSORS)}")
+    return PREPROCESSORS[name](alpha) if name == "logit" else PREPROCESSORS[name]()
 
 
 def build_multiscale(

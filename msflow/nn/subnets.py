@@ -85,3 +85,72 @@ def conv_subnet(hidden: int = 512, kernel_size: int = 3) -> SubnetFactory:
         )
 
     return factory
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation gate (Hu et al. 2018): ``x * sigmoid(MLP(mean over pixels of x))``."""
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        inner = max(1, channels // reduction)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, inner, 1),
+            nn.ReLU(),
+            nn.Conv2d(inner, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return x * self.gate(x)
+
+
+class _GatedBottleneck(nn.Module):
+    """Residual bottleneck ``x + SE(conv1x1 . conv3x3 . conv1x1 (x))``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 2)
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, inner, 1),
+            nn.ReLU(),
+            nn.Conv2d(inner, inner, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(inner, channels, 1),
+            ChannelAttention(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return x + self.body(x)
+
+
+def resnet_subnet(hidden: int = 128) -> SubnetFactory:
+    """Liao & He's coupling ResNet (appendix C) with channel attention.
+
+    conv 3x3 -> residual bottleneck (1x1, 3x3, 1x1) gated by channel attention -> conv 1x1 ->
+    channel attention -> zero-initialised conv 1x1.
+
+    Example:
+        >>> import torch
+        >>> net = resnet_subnet(hidden=8)(2, 4)
+        >>> net(torch.randn(1, 2, 5, 5)).abs().max().item()
+        0.0
+    """
+
+    def factory(in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            _GatedBottleneck(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            ChannelAttention(hidden),
+            ZeroConv2d(hidden, out_channels, 1),
+        )
+
+    return factory
+
+
+SUBNETS: dict[str, Callable[[int], SubnetFactory]] = {"convnet": conv_subnet, "resnet": resnet_subnet}
+"""Coupling-network families by name; each maps ``hidden`` to a :data:`SubnetFactory`."""

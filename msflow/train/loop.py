@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from msflow._io import remove_stale_temp_files
+from msflow.core import set_gradient_checkpointing
 from msflow.data import ImageDataset, get_dataset
 from msflow.errors import CheckpointError, MsflowError, ShapeError
 from msflow.models import create_model
@@ -50,7 +51,8 @@ class TrainingDiverged(MsflowError):
 def build_model(cfg: Config, device: torch.device) -> nn.Module:
     """The configured model, seeded by ``train.seed``, on ``device``."""
     torch.manual_seed(cfg.train.seed)
-    return create_model(cfg.model.name, **cfg.model.options).to(device)
+    model = create_model(cfg.model.name, **cfg.model.options).to(device)
+    return set_gradient_checkpointing(model, cfg.train.gradient_checkpointing)
 
 
 def load_data(cfg: Config, split: str) -> ImageDataset:
@@ -70,12 +72,15 @@ def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
 
 
 def learning_rate(cfg: Config, step: int) -> float:
-    """Linear warm-up to ``optim.lr``, then constant or cosine decay to 0 at ``train.steps``."""
+    """Linear warm-up to ``optim.lr``, then constant, cosine decay to 0 at ``train.steps``, or
+    exponential decay ``lr * decay_rate^(steps after warm-up / decay_steps)`` floored at ``min_lr``."""
     o = cfg.optim
     warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
     if o.schedule == "cosine" and step >= o.warmup_steps:
         progress = (step - o.warmup_steps) / max(1, cfg.train.steps - o.warmup_steps)
         return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if o.schedule == "exponential" and step >= o.warmup_steps:
+        return max(o.min_lr, o.lr * o.decay_rate ** ((step - o.warmup_steps) / o.decay_steps))
     return o.lr * warm
 
 

@@ -1,11 +1,13 @@
 """Invertible blocks, one concept per file; each follows :class:`msflow.core.InvertibleModule`."""
 
 from msflow.transforms.actnorm import ActNorm
-from msflow.transforms.conv1x1 import InvConv1x1
+from msflow.transforms.conv1x1 import InvConv1x1, StridedInvConv
 from msflow.transforms.coupling import COUPLINGS, AdditiveCoupling, AffineCoupling
+from msflow.transforms.dual_coupling import DualAffineCoupling
 from msflow.transforms.permute import ChannelPermutation
 from msflow.transforms.preprocess import Affine, Logit, UniformDequantize
 from msflow.transforms.reshape import Squeeze
+from msflow.transforms.spline import RQActivation
 from msflow.transforms.split import GaussianSplitPrior
 
 __all__ = [
@@ -15,9 +17,12 @@ __all__ = [
     "Affine",
     "AffineCoupling",
     "ChannelPermutation",
+    "DualAffineCoupling",
     "GaussianSplitPrior",
     "InvConv1x1",
     "Logit",
+    "RQActivation",
     "Squeeze",
+    "StridedInvConv",
     "UniformDequantize",
 ]
