@@ -87,6 +87,23 @@ def cmd_bound(args: argparse.Namespace) -> None:
         print("  (few images per dimension: the fitted covariance overfits, so the test figure is pessimistic)")
 
 
+def cmd_perturb(args: argparse.Namespace) -> None:
+    from msflow.analysis import load_image, perturb_levels
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
+    from msflow.viz import save_grid
+
+    model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    x = load_image(args.image, model.image_shape)
+    generator = torch.Generator().manual_seed(args.seed)
+    images = perturb_levels(model, x, temperature=args.temperature, generator=generator)
+    levels = len(model.latent_shapes())
+    path = save_grid(images, args.output, nrow=levels + 1, scale=max(1, 96 // images.shape[-1]))
+    print(f"wrote level perturbations of {args.image} ({levels} levels, temperature {args.temperature}) to {path}")
+    print(f"  row 1: the image, then keeping the k finest levels and resampling the rest, k = 1..{levels}")
+    print(f"  row 2: the image, then resampling the k finest levels and keeping the rest, k = 1..{levels}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from msflow.data import list_datasets
     from msflow.models import list_models, model_help
@@ -133,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pad-to", type=_positive_int)
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise")
     p.set_defaults(func=cmd_bound)
+
+    p = sub.add_parser("perturb", help="resample an image's latents level by level (Liao & He, Fig. 5)")
+    p.add_argument("run")
+    p.add_argument("image", help="an image file of the model's size (greyscale/RGB converted)")
+    p.add_argument("--temperature", "-t", type=_temperature, default=1.0, help="std of the resampled latents")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampled latents")
+    p.add_argument("-o", "--output", default="perturb.png")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_perturb)
 
     p = sub.add_parser("list", help="list model presets and datasets")
     p.set_defaults(func=cmd_list)
