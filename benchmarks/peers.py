@@ -32,17 +32,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import json
 import math
 import os
 import platform
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -51,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from _memory import cpu_name, measure_peak, median_of_processes, worker_command
 from torch import Tensor, nn
 
 PHASES = ("train", "eval", "sample")
@@ -306,43 +303,6 @@ def time_phases(cfg: BenchConfig, contestants: list[Contestant], batches: list[T
 # --------------------------------------------------------------------------- memory
 
 
-def _proc_status_mib(key: str) -> float | None:
-    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status`` (Linux), in MiB."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024  # reported in kB
-    return None
-
-
-def _rss_mib() -> float:
-    """Current resident set size, in MiB."""
-    return _proc_status_mib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak_rss_mib() -> float:
-    """Peak resident set size since the last reset, in MiB.
-
-    ``VmHWM`` rather than ``getrusage().ru_maxrss``: Linux carries ``ru_maxrss`` across
-    ``fork`` + ``exec``, so a worker spawned by a large benchmark process would report the
-    parent's peak; ``VmHWM`` belongs to the worker's own address space and can be reset.
-    """
-    return _proc_status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> bool:
-    """Return freed heap to the OS and reset the kernel's RSS high-water mark (Linux >= 4.0)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_worker(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
     """Run in a fresh process: peak RSS of ``memory_iters`` steps of ``phase`` over the RSS before."""
     torch.set_num_threads(cfg.threads)
@@ -353,37 +313,19 @@ def memory_worker(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
     small = batches[0][: min(8, cfg.batch)]
     c.initialize(small)
     STEPS[phase](c, small)
-    gc.collect()
-    was_reset = _reset_peak_rss()
-    before = _rss_mib()
-    for i in range(cfg.memory_iters):
-        STEPS[phase](c, batches[i % len(batches)])
-    peak = _peak_rss_mib()
-    return {"rss_before_mib": before, "peak_rss_mib": peak, "peak_delta_mib": peak - before, "peak_reset": was_reset}
+
+    def full_batch_steps() -> None:
+        for i in range(cfg.memory_iters):
+            STEPS[phase](c, batches[i % len(batches)])
+
+    return measure_peak(full_batch_steps)
 
 
 def measure_memory(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
     """Median of ``memory_repeats`` fresh-process measurements (the allocator varies by a few MiB)."""
-    runs = [_memory_subprocess(cfg, spec, phase) for _ in range(cfg.memory_repeats)]
-    middle = sorted(runs, key=lambda m: m["peak_delta_mib"])[(len(runs) - 1) // 2]
-    return middle | {"peak_delta_mib_samples": [m["peak_delta_mib"] for m in runs]}
-
-
-def _memory_subprocess(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
-    """Spawn ``memory_worker`` in a fresh interpreter and return its measurement."""
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--_memory-worker",
-        spec,
-        phase,
-        "--_config",
-        json.dumps(dataclasses.asdict(cfg)),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory worker {spec}/{phase} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    config = json.dumps(dataclasses.asdict(cfg))
+    cmd = worker_command(__file__, "--_memory-worker", spec, phase, "--_config", config)
+    return median_of_processes(cmd, cfg.memory_repeats, f"{spec}/{phase}")
 
 
 # --------------------------------------------------------------------------- run + report
@@ -394,16 +336,12 @@ def _environment() -> dict[str, Any]:
 
     import msflow
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     return {
         "torch": torch.__version__,
         "normflows": getattr(normflows, "__version__", "?"),
         "msflow": getattr(msflow, "__version__", "?"),
         "python": platform.python_version(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
     }
 

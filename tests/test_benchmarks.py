@@ -1,4 +1,4 @@
-"""The peer benchmark's machinery at a tiny size: it runs, and its report has the promised shape.
+"""The benchmarks' machinery at a tiny size: they run, and their reports have the promised shape.
 
 Speed ratios are never asserted: they depend on the machine and its load.
 """
@@ -16,19 +16,30 @@ from types import ModuleType
 import pytest
 import torch
 
-pytest.importorskip("normflows")
-
-PEERS_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def peers() -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file itself.
-    spec = importlib.util.spec_from_file_location("msflow_bench_peers", PEERS_PATH)
+def _load_script(name: str) -> ModuleType:
+    # benchmarks/ is a folder of scripts, not a package: load the file itself, with its folder on
+    # sys.path as when it runs as a script (for the shared benchmarks/_memory.py).
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"msflow_bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def peers() -> ModuleType:
+    pytest.importorskip("normflows")
+    return _load_script("peers")
+
+
+@pytest.fixture(scope="module")
+def checkpointing() -> ModuleType:
+    return _load_script("checkpointing")
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +89,26 @@ def test_memory_worker_runs_in_a_fresh_process(peers: ModuleType) -> None:
     mem = peers.measure_memory(cfg, "msflow", "eval")
     assert set(mem) == {"rss_before_mib", "peak_rss_mib", "peak_delta_mib", "peak_reset", "peak_delta_mib_samples"}
     assert mem["peak_rss_mib"] >= mem["rss_before_mib"] > 0
+
+
+def test_checkpointing_smoke_report_has_both_settings_and_same_gradients(
+    checkpointing: ModuleType, tmp_path: Path
+) -> None:
+    out = tmp_path / "checkpointing.json"
+    assert checkpointing.main(["--smoke", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+
+    assert set(report) >= {"config", "environment", "model", "data", "check", "settings", "ratios", "acceptance"}
+    assert report["model"]["params"] > 0
+    assert set(report["settings"]) == {"without", "with"}
+    for setting in report["settings"].values():
+        assert setting["time"]["median"] > 0 and setting["time"]["cpu_median"] > 0
+        assert len(setting["time"]["samples"]) == report["config"]["repeats"]
+        assert setting["memory"]["peak_delta_mib"] > 0 and setting["memory"]["peak_rss_mib"] > 0
+        assert 0 < setting["time"]["last_loss"] < 50  # bits/dim of a tiny, briefly trained model
+    assert all(r > 0 for r in report["ratios"].values())
+    assert isinstance(report["acceptance"]["pass"], bool)
+    # Recomputation changes memory, not results.
+    check = report["check"]
+    assert check["match"] and check["loss_max_abs_diff"] == 0
+    assert check["grad_max_abs_diff"] <= 1e-6 < check["grad_max_abs"]

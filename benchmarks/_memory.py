@@ -1,0 +1,112 @@
+"""Peak-memory measurement shared by the benchmarks: the extra resident memory one piece of work needs.
+
+``tracemalloc`` does not see torch's allocations, and RSS deltas in a long-running process mix in
+whatever the allocator kept from earlier work. So a benchmark measures in a **fresh process**: the
+worker builds its model and runs the work once (one-time costs paid), then :func:`measure_peak`
+returns freed heap to the OS (``malloc_trim``), resets the kernel's RSS high-water mark
+(``/proc/self/clear_refs``), runs the work again and reports peak RSS (``VmHWM``) minus the RSS
+before it. The parent spawns such workers with :func:`median_of_processes`. (:func:`cpu_name` is
+here too: the reports' headers name the machine the figures belong to.)
+
+Example (in a worker process)::
+
+    step(x)  # one-time costs: thread pools, kernels, the autograd engine, optimiser state
+    print(json.dumps(measure_peak(lambda: step(x))))  # the parent reads the last stdout line
+
+``benchmarks/`` is a folder of scripts, not a package: scripts run from it import this file as
+``_memory`` (their folder is first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def _proc_status_mib(key: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status`` (Linux), in MiB."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # reported in kB
+    return None
+
+
+def rss_mib() -> float:
+    """Current resident set size, in MiB."""
+    return _proc_status_mib("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size since the last reset, in MiB.
+
+    ``VmHWM`` rather than ``getrusage().ru_maxrss``: Linux carries ``ru_maxrss`` across
+    ``fork`` + ``exec``, so a worker spawned by a large benchmark process would report the
+    parent's peak; ``VmHWM`` belongs to the worker's own address space and can be reset.
+    """
+    return _proc_status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Return freed heap to the OS and reset the kernel's RSS high-water mark (Linux >= 4.0)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_peak(work: Callable[[], Any]) -> dict[str, Any]:
+    """Peak RSS while ``work()`` runs over the RSS before it, in MiB (run ``work`` once before)."""
+    gc.collect()
+    was_reset = reset_peak_rss()
+    before = rss_mib()
+    work()
+    peak = peak_rss_mib()
+    return {"rss_before_mib": before, "peak_rss_mib": peak, "peak_delta_mib": peak - before, "peak_reset": was_reset}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), for the reports' headers."""
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    return cpu
+
+
+def worker_command(script: str, *args: str) -> list[str]:
+    """The command line that runs ``script`` (a path) with ``args`` in a fresh interpreter."""
+    return [sys.executable, os.path.abspath(script), *args]
+
+
+def run_worker(cmd: list[str], what: str) -> dict[str, Any]:
+    """Run a worker command and return the JSON object it printed on its last stdout line."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker {what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_of_processes(cmd: list[str], repeats: int, what: str) -> dict[str, Any]:
+    """The median of ``repeats`` fresh-process measurements (the allocator varies by a few MiB).
+
+    Returns the middle run's :func:`measure_peak` figures plus ``peak_delta_mib_samples``, every
+    run's ``peak_delta_mib`` in the order they ran.
+    """
+    runs = [run_worker(cmd, what) for _ in range(repeats)]
+    middle = sorted(runs, key=lambda m: m["peak_delta_mib"])[(len(runs) - 1) // 2]
+    return middle | {"peak_delta_mib_samples": [m["peak_delta_mib"] for m in runs]}
