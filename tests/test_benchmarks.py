@@ -112,3 +112,29 @@ def test_checkpointing_smoke_report_has_both_settings_and_same_gradients(
     check = report["check"]
     assert check["match"] and check["loss_max_abs_diff"] == 0
     assert check["grad_max_abs_diff"] <= 1e-6 < check["grad_max_abs"]
+
+
+def test_stability_smoke_trains_both_models_and_reports(tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "stability"
+    cmd = [
+        sys.executable,
+        str(BENCHMARKS / "stability.py"),
+        "--smoke",
+        "--jobs",
+        "1",
+        "--lrs",
+        "1e-3",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "stability.json").read_text())
+    assert {r["model"] for r in report["results"]} == {"balanced", "glow"}
+    for r in report["results"]:
+        assert r["curve"] and r["non_finite_steps"] == 0 and r["stopped"] is None
+        assert r["test_bpd"] > 0 and r["params"] > 0 and r["worst_rise"] >= 0
+    assert (out / "stability.png").stat().st_size > 0
+    assert "| balanced |" in (out / "stability.md").read_text() and "| glow |" in proc.stdout
