@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 50
     sample_every: int = 0
+    logdet_every: int = 0
     num_samples: int = 64
     temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
     seed: int = 0
@@ -126,6 +127,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "checkpoint_every"): _COUNT,
     ("train", "log_every"): _COUNT,
     ("train", "sample_every"): _COUNT,
+    ("train", "logdet_every"): _COUNT,
     ("train", "num_samples"): _COUNT,
     ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
     ("train", "device"): _one_of("auto", "cpu", "cuda"),

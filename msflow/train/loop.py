@@ -38,6 +38,7 @@ from msflow.train.checkpoint import (
 from msflow.train.config import Config, config_to_dict
 from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
+from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.run import CHECKPOINT
 
@@ -181,6 +182,7 @@ def train(cfg: Config) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
+    logdets = LogdetTracker(model, run_dir, resume_step=step, seed=t.seed) if t.logdet_every else None
 
     def checkpoint(results: dict | None = None) -> None:
         tensors, optim_meta = _state_tensors(model, opt, ema, noise)
@@ -236,6 +238,8 @@ def train(cfg: Config) -> dict[str, Any]:
             )
             bar.set_postfix(bpd=f"{loss.item():.3f}")
             seen, clock = 0, time.perf_counter()
+        if logdets is not None and _every(step, t.logdet_every):
+            logdets.measure(x, step)
         if _every(step, t.eval_every) and step < t.steps:
             result = eval_now()
             log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"]})
@@ -246,6 +250,8 @@ def train(cfg: Config) -> dict[str, Any]:
         if _every(step, t.checkpoint_every) and step < t.steps:
             checkpoint()
     bar.close()
+    if logdets is not None:
+        logdets.plot()
     result = eval_now()
     log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
     grids = []
