@@ -132,7 +132,7 @@ def fit_toy(
     name: str,
     blocks: int = 8,
     steps: int = 2000,
-    lr: float = 5e-3,
+    lr: float = 1e-2,
     seed: int = 0,
     batch_size: int = 512,
     hidden: int = 64,
