@@ -4,7 +4,8 @@ Both models train on the bundled MNIST-5k with the same optimiser, schedule, bat
 preprocessing, at each learning rate given. A run counts as *unstable* when it has any step
 with a non-finite loss or gradient (msflow's loop skips those and stops the run after
 ``optim.max_bad_steps`` in a row) or when its training loss (logged every ``--log-every``
-steps) climbs more than ``--max-rise`` bits/dim above the best value it had reached.
+steps, then averaged over ``--smooth`` consecutive values) climbs more than ``--max-rise``
+bits/dim above the best value it had reached.
 Gradient clipping is set very high (1e6) by default, so it does not mask the instability the
 paper studies; ``--clip`` puts msflow's default back.
 
@@ -102,15 +103,28 @@ def train_one(model: str, lr: float, args: argparse.Namespace) -> dict[str, Any]
         last_loss=finite[-1] if finite else None,
         params=_num_params(cfg),
     )
-    summary["worst_rise"] = worst_rise(finite)
+    return assess(summary, args)
+
+
+def assess(summary: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Add ``worst_rise`` and ``stable`` to a run's summary (from its curve; see the module docstring)."""
+    losses = [b for _, b in summary["curve"] if b is not None and math.isfinite(b)]
+    summary["worst_rise"] = worst_rise(smooth(losses, args.smooth)) if losses else math.inf
     summary["stable"] = (
-        not skipped and summary["stopped"] is None and bool(finite) and summary["worst_rise"] <= args.max_rise
+        not summary["non_finite_steps"] and summary["stopped"] is None and summary["worst_rise"] <= args.max_rise
     )
     return summary
 
 
+def smooth(values: list[float], window: int) -> list[float]:
+    """Moving average over ``window`` consecutive values (single-batch losses are noisy)."""
+    if len(values) < window:
+        return values
+    return [sum(values[i : i + window]) / window for i in range(len(values) - window + 1)]
+
+
 def worst_rise(losses: list[float]) -> float:
-    """Largest climb of the training loss above its best value so far (0 for a monotone curve)."""
+    """Largest climb of the loss above its best value so far (0 for a monotone curve)."""
     best, rise = math.inf, 0.0
     for loss in losses:
         best = min(best, loss)
@@ -129,8 +143,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Stability on {'digits8 (smoke)' if args.smoke else 'MNIST-5k'}: {args.optimizer}, constant lr after "
         f"{args.warmup} warm-up steps, batch {args.batch_size}, {args.steps} steps, gradient clip {args.clip:g}, "
-        f"seed {args.seed}. Worst rise: largest climb of the training loss above its best so far (unstable "
-        f"above {args.max_rise:g} bits/dim, or with any non-finite step).",
+        f"seed {args.seed}. Worst rise: largest climb of the training loss (mean of {args.smooth} logged values, "
+        f"logged every {args.log_every} steps) above its best so far; unstable above {args.max_rise:g} bits/dim "
+        "or with any non-finite step.",
         "",
         "| model | params | lr | non-finite steps (first) | stopped | first -> last train bpd | worst rise | test bpd "
         "| stable |",
@@ -181,6 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=1e6, help="gradient clipping norm (msflow's default is 50)")
     p.add_argument("--max-bad-steps", type=int, default=20)
     p.add_argument("--max-rise", type=float, default=1.0, help="bits/dim climb above the best that counts as unstable")
+    p.add_argument("--smooth", type=int, default=10, help="logged losses averaged before looking for climbs")
+    p.add_argument("--report-only", action="store_true", help="re-assess and re-plot OUT/stability.json, no training")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
@@ -199,9 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = [(m, lr) for lr in args.lrs for m in args.models]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(train_one, *zip(*pairs, strict=True), [args] * len(pairs)))
+    if args.report_only:
+        saved = json.loads((out / "stability.json").read_text())
+        for key in ("steps", "optimizer", "warmup", "batch_size", "clip", "log_every", "seed", "smoke"):
+            setattr(args, key, saved["args"][key])
+        results = [assess(r, args) for r in saved["results"]]
+    else:
+        pairs = [(m, lr) for lr in args.lrs for m in args.models]
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(train_one, *zip(*pairs, strict=True), [args] * len(pairs)))
     table = markdown(results, args)
     (out / "stability.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     (out / "stability.md").write_text(table)
