@@ -20,7 +20,7 @@ How it measures (see benchmarks/README.md):
 Usage::
 
     python benchmarks/checkpointing.py --json checkpointing.json       # a few minutes on an idle 2-core CPU
-    python benchmarks/checkpointing.py --option blocks=2 --repeats 4   # other sizes, fewer repeats
+    python benchmarks/checkpointing.py --option steps=2 --repeats 4   # other sizes, fewer repeats
     python benchmarks/checkpointing.py --smoke                         # tiny model, seconds (tests)
 """
 
@@ -56,7 +56,7 @@ class BenchConfig:
 
     preset: str = "balanced-large"
     # Overrides of the preset (create_model keywords); these are balanced-large's own, spelled out.
-    options: dict[str, Any] = field(default_factory=lambda: {"levels": 6, "blocks": 4, "hidden": 64})
+    options: dict[str, Any] = field(default_factory=lambda: {"levels": 6, "steps": 4, "hidden": 64})
     size: int = 128  # images are channels x size x size
     channels: int = 3
     batch: int = 4
@@ -74,7 +74,7 @@ PRESETS: dict[str, BenchConfig] = {
     # Tiny model and images for tests; one thread, because two OpenMP threads on a busy machine
     # can make tiny ops ~100x slower (spinning barriers).
     "smoke": BenchConfig(
-        options={"levels": 2, "blocks": 1, "hidden": 8},
+        options={"levels": 2, "steps": 1, "hidden": 8},
         size=16,
         threads=1,
         warmup=1,

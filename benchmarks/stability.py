@@ -32,11 +32,11 @@ from typing import Any
 
 # name -> (model preset, options); sizes matched by parameter count (printed in the table).
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "balanced": ("balanced-mnist", {"blocks": 4, "hidden": 48}),
+    "balanced": ("balanced-mnist", {"steps": 4, "hidden": 48}),
     "glow": ("glow-mnist", {"steps": 8, "hidden": 88}),
 }
 SMOKE: dict[str, tuple[str, dict[str, Any]]] = {
-    "balanced": ("balanced-mnist", {"blocks": 1, "hidden": 8, "image_shape": [1, 8, 8], "levels": 1}),
+    "balanced": ("balanced-mnist", {"steps": 1, "hidden": 8, "image_shape": [1, 8, 8], "levels": 1}),
     "glow": ("glow-mnist", {"steps": 1, "hidden": 8, "image_shape": [1, 8, 8], "levels": 1}),
 }
 

@@ -130,9 +130,9 @@ def test_strided_conv_identity_is_squeeze_and_kappa_scales() -> None:
 
 
 def test_presets_build_and_split_ratio() -> None:
-    model = create_model("balanced-mnist", blocks=1, hidden=8)
+    model = create_model("balanced-mnist", steps=1, hidden=8)
     assert [s for s in model.latent_shapes()] == [(2, 14, 14), (8, 7, 7)]
-    quarter = balanced((3, 16, 16), levels=2, blocks=1, hidden=8, subnet="convnet", split=0.75)
+    quarter = balanced((3, 16, 16), levels=2, steps=1, hidden=8, subnet="convnet", split=0.75)
     assert quarter.keep == [3, 0] and quarter.latent_shapes() == [(9, 8, 8), (12, 4, 4)]
     with pytest.raises(ValueError, match="split"):
         kept_channels(4, 1.0)
@@ -144,21 +144,21 @@ def test_presets_build_and_split_ratio() -> None:
 
 def test_fresh_model_is_identity_up_to_the_priors() -> None:
     """Blocks start as identities, so a fresh model's latents are the squeezed, centred image."""
-    model = balanced((1, 8, 8), levels=1, blocks=2, hidden=8).double()
+    model = balanced((1, 8, 8), levels=1, steps=2, hidden=8).double()
     v = torch.rand(3, 1, 8, 8, dtype=F64)
     (z,), logdet = model.encode(v)
     torch.testing.assert_close(z, Squeeze()(v - 0.5)[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(logdet, torch.zeros(3, dtype=F64), atol=1e-6 * 64, rtol=0)
 
 
-@pytest.mark.parametrize(("name", "options"), [("balanced-mnist", {"blocks": 2}), ("glow-mnist", {"steps": 2})])
-def test_gradient_checkpointing_keeps_loss_and_gradients(name: str, options: dict) -> None:
+@pytest.mark.parametrize("name", ["balanced-mnist", "glow-mnist"])
+def test_gradient_checkpointing_keeps_loss_and_gradients(name: str) -> None:
     """Same loss and gradients with and without recomputation (any multi-scale flow, ActNorm included)."""
     x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     grads = []
     for enabled in (False, True):
         torch.manual_seed(0)
-        model = set_gradient_checkpointing(create_model(name, hidden=8, **options), enabled)
+        model = set_gradient_checkpointing(create_model(name, steps=2, hidden=8), enabled)
         # The first pass runs ActNorm's data-dependent initialisation, which is never recomputed.
         loss = model.bits_per_dim(x, generator=torch.Generator().manual_seed(1)).mean()
         loss = model.bits_per_dim(x, generator=torch.Generator().manual_seed(1)).mean()
@@ -168,3 +168,12 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(name: str, options: dic
     torch.testing.assert_close(loss_a, loss_b, atol=0, rtol=0)
     for ga, gb in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-5)
+
+
+def test_celeba1024_preset_has_the_papers_shape() -> None:
+    """8 levels, 3/4 of the channels split off at each, 5-bit data (appendix C); built, not run."""
+    model = create_model("balanced-celeba1024", steps=1, hidden=8)
+    shapes = model.latent_shapes()
+    assert len(shapes) == 8 and model.dequantizer.n_bits == 5
+    assert shapes[0] == (9, 512, 512) and shapes[1] == (9, 256, 256) and shapes[-1] == (12, 4, 4)
+    assert sum(c * h * w for c, h, w in shapes) == 3 * 1024 * 1024

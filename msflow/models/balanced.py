@@ -60,7 +60,7 @@ def kept_channels(channels: int, split: float) -> int:
 def balanced(
     image_shape: Shape,
     levels: int = 3,
-    blocks: int = 16,
+    steps: int = 16,
     hidden: int = 128,
     subnet: str = "resnet",
     split: float = 0.5,
@@ -78,7 +78,7 @@ def balanced(
     Args:
         image_shape: ``(C, H, W)``; ``H`` and ``W`` must divide by ``2^levels``.
         levels: levels; each starts with a 2x2-strided block.
-        blocks: blocks ``f_act . f_aff . f_conv`` per level.
+        steps: blocks ``f_act . f_aff . f_conv`` per level (``steps``, as in every preset).
         hidden: width of the coupling networks.
         subnet: ``"resnet"`` (with channel attention; CIFAR-10, ImageNet) or ``"convnet"``
             (3x3, 1x1, 3x3; large images).
@@ -94,15 +94,15 @@ def balanced(
 
     Example:
         >>> import torch
-        >>> model = balanced((1, 8, 8), levels=2, blocks=1, hidden=8)
+        >>> model = balanced((1, 8, 8), levels=2, steps=1, hidden=8)
         >>> x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
         >>> model.bits_per_dim(x).shape
         torch.Size([2])
     """
     if subnet not in SUBNETS:
         raise ValueError(f"unknown subnet {subnet!r}; choose one of {sorted(SUBNETS)}")
-    if levels < 1 or blocks < 1:
-        raise ValueError(f"need at least one level and one block, got {levels} levels, {blocks} blocks")
+    if levels < 1 or steps < 1:
+        raise ValueError(f"need at least one level and one block, got {levels} levels, {steps} steps")
     check_squeezable(tuple(image_shape), levels)
     make_subnet = SUBNETS[subnet](hidden)
     options = {"beta": beta, "kappa": kappa, "mixtures": mixtures, "bins": bins, "width": width}
@@ -111,7 +111,7 @@ def balanced(
     channels = image_shape[0]
     for i in range(levels):
         parts: list[InvertibleModule] = []
-        for j in range(blocks):
+        for j in range(steps):
             parts.extend(block(channels, stride=2) if j == 0 else block(4 * channels, stride=1))
         channels *= 4
         kept = 0 if i == levels - 1 else kept_channels(channels, split)
@@ -124,18 +124,18 @@ def balanced(
 
 # name: (image shape, options, help)
 _PRESETS: dict[str, tuple[Shape, dict, str]] = {
-    "mnist": ((1, 28, 28), {"levels": 2, "blocks": 8, "hidden": 64}, "2 levels x 8 blocks, ResNet 64"),
-    "cifar10": ((3, 32, 32), {"levels": 3, "blocks": 16, "hidden": 128}, "3 levels x 16 blocks, ResNet 128 (paper)"),
-    "imagenet32": ((3, 32, 32), {"levels": 3, "blocks": 16, "hidden": 128}, "3 levels x 16 blocks, ResNet 128 (paper)"),
-    "patches32": ((3, 32, 32), {"levels": 3, "blocks": 8, "hidden": 64}, "3 levels x 8 blocks, ResNet 64"),
+    "mnist": ((1, 28, 28), {"levels": 2, "steps": 8, "hidden": 64}, "2 levels x 8 blocks, ResNet 64"),
+    "cifar10": ((3, 32, 32), {"levels": 3, "steps": 16, "hidden": 128}, "3 levels x 16 blocks, ResNet 128 (paper)"),
+    "imagenet32": ((3, 32, 32), {"levels": 3, "steps": 16, "hidden": 128}, "3 levels x 16 blocks, ResNet 128 (paper)"),
+    "patches32": ((3, 32, 32), {"levels": 3, "steps": 8, "hidden": 64}, "3 levels x 8 blocks, ResNet 64"),
     "large": (
         (3, 128, 128),
-        {"levels": 6, "blocks": 4, "hidden": 64, "subnet": "convnet", "split": 0.75},
+        {"levels": 6, "steps": 4, "hidden": 64, "subnet": "convnet", "split": 0.75},
         "6 levels x 4 blocks, ConvNet 64, 3/4 split; set image_shape for other sizes",
     ),
     "celeba1024": (
         (3, 1024, 1024),
-        {"levels": 8, "blocks": 12, "hidden": 256, "subnet": "convnet", "split": 0.75, "n_bits": 5},
+        {"levels": 8, "steps": 12, "hidden": 256, "subnet": "convnet", "split": 0.75, "n_bits": 5},
         "8 levels x 12 blocks, ConvNet 256, 3/4 split, 5-bit (paper's CelebA-HQ)",
     ),
 }
