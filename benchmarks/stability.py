@@ -63,6 +63,7 @@ def run_config(model: str, lr: float, args: argparse.Namespace) -> dict[str, Any
             "eval_every": 0,
             "checkpoint_every": 0,
             "log_every": args.log_every,
+            "logdet_every": args.logdet_every,
             "num_samples": 0,
             "seed": args.seed,
             "device": "cpu",
@@ -199,6 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smooth", type=int, default=10, help="logged losses averaged before looking for climbs")
     p.add_argument("--report-only", action="store_true", help="re-assess and re-plot OUT/stability.json, no training")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--logdet-every", type=int, default=0, help="per-block log-dets every N steps (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
