@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -114,6 +115,106 @@ def cmd_toy(args: argparse.Namespace) -> None:
     print(f"wrote the data, its image after each of the {args.blocks} blocks and the density to {args.output}")
 
 
+def _bpd_fn(model: torch.nn.Module, batch_size: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from msflow.data import ImageDataset
+    from msflow.train.evaluate import dataset_bits_per_dim
+
+    # The one evaluation loop of `msflow eval`, with the same seeded dequantization draw for every set.
+    return lambda images: dataset_bits_per_dim(model, ImageDataset(images), batch_size, seed)
+
+
+def _in_distribution(args: argparse.Namespace, cfg: Any, model: torch.nn.Module, split: str) -> torch.Tensor:
+    from msflow.data import get_dataset
+    from msflow.data.convert import to_shape
+    from msflow.train.loop import load_data
+
+    if getattr(args, "in_data", None) in (None, cfg.data.name):
+        return load_data(cfg, split).images
+    images = get_dataset(args.in_data, split, root=args.root).images
+    return to_shape(images, tuple(model.image_shape), args.fit)[0]
+
+
+def _write_json(path: str, payload: dict) -> None:
+    import json
+    from pathlib import Path
+
+    from msflow._io import atomic_write
+
+    text = json.dumps(payload, indent=1)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    print(f"wrote every number to {path}")
+
+
+def cmd_ood(args: argparse.Namespace) -> None:
+    from msflow.analysis.ood import ood_histogram, ood_table, run_ood
+    from msflow.data.ood_sets import check_ood_names
+    from msflow.metrics.complexity import get_codec
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
+
+    check_ood_names(args.ood)
+    get_codec(args.codec)
+    model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    test, train = (_in_distribution(args, cfg, model, split) for split in ("test", "train"))
+    bpd_fn = _bpd_fn(model, cfg.train.eval_batch_size, args.seed)
+    in_name = args.in_data or cfg.data.name
+    result = run_ood(bpd_fn, test, train, args.ood, args.codec, args.n, args.seed, args.root, args.fit, in_name)
+    print(f"in-distribution: {in_name} test, {len(result.inlier.bpd)} images; model {args.run}")
+    print(f"typical bits/dim (mean over {result.n_train} {in_name} training images): {result.typical_bpd:.4f}")
+    for s in result.outliers:
+        print(f"  {s.name}: {s.how}")
+    print(ood_table(result))
+    ood_histogram(result, args.output, title=f"{args.run}: {in_name} test vs OOD sets")
+    print(f"wrote the -bits/dim histograms to {args.output}")
+    if args.json:
+        _write_json(args.json, {"run": str(args.run), "seed": args.seed, **result.to_dict()})
+
+
+def cmd_shuffle_patches(args: argparse.Namespace) -> None:
+    from msflow.analysis.shuffle_patches import shuffle_patch_bpd, shuffle_patch_figure, shuffle_patch_table
+    from msflow.data.ood_sets import check_patch_sizes, patch_sizes, subset
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
+
+    model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    _, h, w = model.image_shape
+    ks = args.k or patch_sizes(h, w)
+    check_patch_sizes(ks, h, w)
+    test = subset(_in_distribution(args, cfg, model, "test"), args.n, args.seed)
+    rows = shuffle_patch_bpd(_bpd_fn(model, cfg.train.eval_batch_size, args.seed), test, ks, args.seed)
+    print(f"{cfg.data.name} test, {len(test)} images of {h}x{w}, k x k patches shuffled per image (seed {args.seed}):")
+    print(shuffle_patch_table(rows))
+    shuffle_patch_figure(rows, args.output, title=f"{args.run}: {cfg.data.name} test with shuffled patches")
+    print(f"wrote the examples and the bits/dim-vs-k plot to {args.output}")
+    if args.json:
+        _write_json(args.json, {"run": str(args.run), "seed": args.seed, "rows": [r.to_dict() for r in rows]})
+
+
+def cmd_temperature(args: argparse.Namespace) -> None:
+    from msflow.analysis.temperature import format_table, result_json, temperature_figure, temperature_sweep
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.loop import load_data
+    from msflow.train.run import load_run
+
+    if args.inception:
+        raise MsflowError(
+            "--inception: true FID needs torchvision's InceptionV3, which this build does not have (torchvision "
+            "is not installed here); drop --inception to get msflow's Frechet classifier distance (FCD)"
+        )
+    model, cfg, meta = load_run(args.run, resolve_device(args.device or "auto"))
+    train, test = load_data(cfg, "train"), load_data(cfg, "test")
+    result = temperature_sweep(model, train, test, args.temperatures, args.n, args.seed, args.cache_dir, progress=True)
+    c = result["classifier"]
+    how = f"trained in {c['train_seconds']:.1f} s" if c["trained"] else "cached"
+    print(f"model: {args.run}, checkpoint at step {meta.get('step')}")
+    print(f"feature classifier ({how}): {c['path']}, test accuracy {c['test_accuracy']:.4f}, {c['features']} features")
+    print(format_table(result))
+    temperature_figure(result, args.output, title=f"{args.run} (step {meta.get('step')}): {result['metric']}")
+    print(f"wrote the FCD-vs-temperature plot and sample grids to {args.output}")
+    if args.json:
+        _write_json(args.json, {**result_json(result, args.run), "step": meta.get("step")})
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from msflow.data import list_datasets
     from msflow.models import list_models, model_help
@@ -181,6 +282,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, default=10_000, help="held-out samples for the log-likelihood")
     p.add_argument("-o", "--output", default="toy.png")
     p.set_defaults(func=cmd_toy)
+
+    from msflow.data.convert import FITS
+    from msflow.metrics.complexity import CODECS
+
+    p = sub.add_parser("ood", help="out-of-distribution scores and AUROCs: -bpd, complexity-corrected S, typicality")
+    p.add_argument("run")
+    p.add_argument("--in", dest="in_data", help="in-distribution dataset (default: the run's)")
+    p.add_argument("--ood", nargs="+", required=True, metavar="NAME", help="constant, noise, shuffled or a dataset")
+    p.add_argument("--codec", choices=CODECS, default="png", help="lossless codec of the complexity L(x)")
+    p.add_argument("-n", "--n", type=_positive_int, default=1000, help="at most this many images per set")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subsets, synthetic sets and dequantization")
+    p.add_argument("--fit", choices=FITS, default="auto", help="how other datasets reach the model's size")
+    p.add_argument("--root", help="folder of your data for the non-bundled datasets")
+    p.add_argument("-o", "--output", default="ood.png", help="histogram PNG")
+    p.add_argument("--json", help="also write every number (summaries and per-image values) here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_ood)
+
+    p = sub.add_parser("shuffle-patches", help="bits/dim of test images with k x k patches shuffled (MRCNF, Fig. 5)")
+    p.add_argument("run")
+    p.add_argument("--k", nargs="+", type=_positive_int, help="patch sizes (default: every divisor of the side)")
+    p.add_argument("-n", "--n", type=_positive_int, default=1000, help="at most this many test images")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset, the permutations and dequantization")
+    p.add_argument("-o", "--output", default="patches.png")
+    p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_shuffle_patches)
+
+    p = sub.add_parser("temperature", help="sample quality vs temperature, Frechet classifier distance (MRCNF Table 5)")
+    p.add_argument("run")
+    p.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=_temperature,
+        default=[0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        metavar="T",
+        help="latent standard deviations to sample at",
+    )
+    p.add_argument("-n", "--n", type=_positive_int, default=1000, help="samples per temperature")
+    p.add_argument("--seed", type=int, default=0, help="seeds the latents (same for every temperature)")
+    p.add_argument("-o", "--output", default="temperature.png", help="plot and sample grids (PNG)")
+    p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--cache-dir", help="feature classifier cache (default $MSFLOW_CACHE, else ~/.cache/msflow)")
+    p.add_argument("--inception", metavar="PATH", help="Inception weights for true FID (not available in this build)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_temperature)
 
     p = sub.add_parser("list", help="list model presets and datasets")
     p.set_defaults(func=cmd_list)

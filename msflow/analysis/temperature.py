@@ -1,0 +1,192 @@
+"""Sample quality against sampling temperature (paper 000, appendix 8.6, Table 5).
+
+For each temperature ``T`` the model draws ``n`` images from ``T * N(0, I)`` latents, and the
+Frechet distance between Gaussians fitted to their features and to the test set's features
+(see :mod:`msflow.metrics.frechet`) measures how far the samples are from real data. The
+features are the penultimate layer of msflow's own small classifier trained on the labelled
+training split (:mod:`msflow.analysis.features`), so the number is a *Frechet classifier
+distance* (FCD), not FID: it is comparable across temperatures, models and runs of the same
+dataset, never with published FIDs. A reference row gives the distance between ``n`` training
+images and the test set, the value a perfect sampler would reach up to sampling noise (slightly
+optimistic, because the classifier was trained on those training images).
+
+Every temperature uses the same seed, so the sweep scales one fixed set of latents: the
+differences between rows come from the temperature, not from a fresh noise draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from msflow._io import atomic_write
+from msflow.analysis.features import classifier_features, load_or_train_classifier
+from msflow.data import ImageDataset
+from msflow.errors import MsflowError, ShapeError
+from msflow.metrics.frechet import fit_gaussian, gaussian_frechet_distance
+from msflow.viz import image_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_PRETTY = {"mnist5k": "MNIST-5k", "digits8": "8x8-digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def metric_name(dataset: str) -> str:
+    """The honest name of the metric for ``dataset``.
+
+    Example:
+        >>> metric_name("mnist5k")
+        "Frechet classifier distance (FCD, msflow's MNIST-5k classifier)"
+    """
+    return f"Frechet classifier distance (FCD, msflow's {_PRETTY.get(dataset, dataset)} classifier)"
+
+
+@torch.inference_mode()
+def sample_images(
+    model: nn.Module, n: int, temperature: float, seed: int = 0, batch_size: int = 500, progress: bool = False
+) -> Tensor:
+    """``n`` uint8 samples at ``temperature`` drawn in batches from one generator seeded ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
+    batches = tqdm(sizes, desc=f"sample T={temperature:g}", leave=False, disable=not progress)
+    return torch.cat([model.sample(k, temperature=temperature, generator=generator).cpu() for k in batches])
+
+
+def temperature_sweep(
+    model: nn.Module,
+    train: ImageDataset,
+    test: ImageDataset,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    n: int = 1000,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    grid: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """FCD between ``n`` samples and the test set at each temperature, plus the train-vs-test reference.
+
+    Args:
+        model: anything with ``sample(n, temperature=, generator=) -> uint8 (n, C, H, W)``.
+        train: labelled training split (trains or reuses the cached feature classifier).
+        test: labelled test split, the reference distribution.
+        temperatures: the temperatures, in the order reported.
+        n: samples per temperature (and training images in the reference row).
+        seed: seed of the latents (the same for every temperature) and of the reference subset.
+        cache_dir: where the classifier is cached (default :func:`~msflow.analysis.features.default_cache_dir`).
+        grid: samples per temperature kept in ``"grids"`` for :func:`temperature_figure`.
+        progress: show progress bars.
+
+    Returns:
+        ``{"metric", "dataset", "n", "seed", "classifier": {...}, "reference": FCD(train, test),
+        "rows": [{"temperature", "fcd"}, ...], "grids": [uint8 (grid, C, H, W), ...]}``.
+
+    Raises:
+        MsflowError: no temperatures, ``n < 2``, or unlabelled data; ``ShapeError`` when the
+            model's images and the data differ in shape.
+    """
+    if not temperatures:
+        raise MsflowError("give at least one temperature")
+    if n < 2:
+        raise MsflowError(f"a Frechet distance needs at least 2 samples per temperature, got n={n}")
+    shape = getattr(model, "image_shape", None)
+    if shape is not None and tuple(shape) != tuple(test.image_shape):
+        raise ShapeError(f"the model makes {tuple(shape)} images but dataset {test.name!r} has {test.image_shape}")
+    net, info = load_or_train_classifier(train, test, cache_dir=cache_dir, progress=progress)
+    net.to(next(model.parameters()).device)
+    test_gaussian = fit_gaussian(classifier_features(net, test.images))
+
+    def fcd(images: Tensor) -> float:
+        return gaussian_frechet_distance(*fit_gaussian(classifier_features(net, images)), *test_gaussian)
+
+    subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    reference = fcd(train.images[subset])
+    rows, grids = [], []
+    for t in tqdm(temperatures, desc="temperatures", disable=not progress):
+        images = sample_images(model, n, float(t), seed, progress=progress)
+        rows.append({"temperature": float(t), "fcd": fcd(images)})
+        grids.append(images[:grid])
+    return {
+        "metric": metric_name(train.name),
+        "dataset": train.name,
+        "n": n,
+        "n_test": len(test),
+        "n_reference": len(subset),
+        "seed": seed,
+        "classifier": info,
+        "reference": reference,
+        "rows": rows,
+        "grids": grids,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Table 5 of paper 000 as plain text: one row per temperature, then the reference row."""
+    lines = [
+        f"{result['metric']}, {result['n']} samples per temperature vs {result['n_test']} test images of "
+        f"{result['dataset']} (seed {result['seed']}); lower is better",
+        f"{'temperature':>11}  {'FCD':>10}",
+    ]
+    lines += [f"{row['temperature']:>11.2f}  {row['fcd']:>10.4f}" for row in result["rows"]]
+    reference = f"(reference: {result['n_reference']} training images)"
+    lines.append(f"{'train/test':>11}  {result['reference']:>10.4f}  {reference}")
+    return "\n".join(lines)
+
+
+def temperature_figure(result: dict[str, Any], path: str | Path, title: str = "") -> Figure:
+    """FCD against temperature (reference as a dashed line) above one grid of samples per temperature.
+
+    Returns the matplotlib figure (Agg canvas, no pyplot state); the PNG is written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = result["rows"]
+    k = len(rows)
+    width = max(6.0, 1.25 * k)
+    # The strip is as tall as one square panel (plus its title), so the grids fill it.
+    strip = width / k + 0.3
+    fig = Figure(figsize=(width, 3.2 + strip), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3.2, strip])
+    ax = top.subplots()
+    temps = [r["temperature"] for r in rows]
+    ax.plot(temps, [r["fcd"] for r in rows], "o-", label="samples vs test")
+    ax.axhline(result["reference"], ls="--", c="grey", label=f"train vs test ({result['reference']:.3g})")
+    positive = min([r["fcd"] for r in rows] + [result["reference"]]) > 0
+    ax.set(xlabel="temperature", ylabel="FCD (lower is better)", yscale="log" if positive else "linear")
+    ax.set_title(title or result["metric"], fontsize=9)
+    ax.legend(fontsize=8)
+    axes = bottom.subplots(1, k, squeeze=False)[0]
+    for a, row, images in zip(axes, rows, result["grids"], strict=True):
+        g = image_grid(images, nrow=max(1, int(len(images) ** 0.5)), pad=1)
+        a.imshow(g[..., 0] if g.shape[2] == 1 else g, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        a.set(xticks=[], yticks=[])
+        a.set_title(f"T={row['temperature']:g}", fontsize=8)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    return fig
+
+
+def result_json(result: dict[str, Any], run: str | Path | None = None) -> dict[str, Any]:
+    """``result`` without the image grids, ready for ``json.dumps``."""
+    out = {k: v for k, v in result.items() if k != "grids"}
+    if run is not None:
+        out["run"] = str(run)
+    return out
+
+
+__all__ = [
+    "DEFAULT_TEMPERATURES",
+    "format_table",
+    "metric_name",
+    "result_json",
+    "sample_images",
+    "temperature_sweep",
+    "temperature_figure",
+]
