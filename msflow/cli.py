@@ -215,6 +215,20 @@ def cmd_temperature(args: argparse.Namespace) -> None:
         _write_json(args.json, {**result_json(result, args.run), "step": meta.get("step")})
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from msflow.analysis.report import check_tensorboard, write_report, write_tensorboard
+    from msflow.train.evaluate import resolve_device
+
+    if args.tensorboard:
+        check_tensorboard()  # before anything is written
+    options = {"ood_json": args.ood_json, "temperature_json": args.temperature_json, "seed": args.seed}
+    device = resolve_device(args.device or "auto")
+    path = write_report(args.run, args.output, temperatures=args.temperatures, device=device, **options)
+    print(f"wrote the report to {path}")
+    if args.tensorboard:
+        print(f"wrote the metrics.jsonl scalars to {write_tensorboard(args.run)}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from msflow.data import list_datasets
     from msflow.models import list_models, model_help
@@ -328,6 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception", metavar="PATH", help="Inception weights for true FID (not available in this build)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_temperature)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, bits/dim, levels, samples")
+    p.add_argument("run")
+    p.add_argument("-o", "--output", help="HTML file (default RUN/report.html)")
+    p.add_argument("--temperatures", nargs="+", type=_temperature, default=[0.5, 0.7, 1.0], metavar="T")
+    p.add_argument("--seed", type=int, default=0, help="seeds the samples and the dequantization of the level terms")
+    p.add_argument("--ood-json", help="output of `msflow ood --json` (default RUN/ood.json if it exists)")
+    p.add_argument("--temperature-json", help="output of `msflow temperature --json` (default RUN/temperature.json)")
+    p.add_argument("--tensorboard", action="store_true", help="also write the metrics to RUN/tensorboard")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("list", help="list model presets and datasets")
     p.set_defaults(func=cmd_list)
