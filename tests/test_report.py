@@ -171,21 +171,28 @@ def test_cli_user_errors_exit_2(bad: str, tiny_run: Path, tmp_path: Path, capsys
     assert not out.exists()
 
 
-def test_tensorboard_flag(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tensorboard_flag_writes_the_scalars(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("report.html")))
     rc = main(["report", str(run), "--temperatures", "1", "--tensorboard"])
-    out, err = capsys.readouterr()
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    assert rc == 0, capsys.readouterr().err
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss_bpd"]) for r in logged if r.get("loss_bpd") is not None]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("loss_bpd")] == losses
 
-        installed = True
-    except ImportError:
-        installed = False
-    if installed:
-        assert rc == 0 and (run / "tensorboard").is_dir(), err
-    else:
-        assert rc == 2 and "pip install tensorboard" in err and err.count("\n") == 1, err
-        assert not (run / "report.html").exists()  # checked before anything is written
+
+def test_tensorboard_flag_without_tensorboard_is_one_line(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("report.html")))
+    rc = main(["report", str(run), "--temperatures", "1", "--tensorboard"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install tensorboard" in err and err.count("\n") == 1, err
+    assert not (run / "report.html").exists()  # checked before anything is written
 
 
 @pytest.mark.slow
