@@ -196,21 +196,28 @@ def cmd_temperature(args: argparse.Namespace) -> None:
     from msflow.train.loop import load_data
     from msflow.train.run import load_run
 
+    inception = None
     if args.inception:
-        raise MsflowError(
-            "--inception: true FID needs torchvision's InceptionV3, which this build does not have (torchvision "
-            "is not installed here); drop --inception to get msflow's Frechet classifier distance (FCD)"
-        )
+        from msflow.nn.inception import load_fid_inception
+
+        inception = load_fid_inception(args.inception)  # before the run loads: a bad file fails fast
     model, cfg, meta = load_run(args.run, resolve_device(args.device or "auto"))
     train, test = load_data(cfg, "train"), load_data(cfg, "test")
-    result = temperature_sweep(model, train, test, args.temperatures, args.n, args.seed, args.cache_dir, progress=True)
-    c = result["classifier"]
-    how = f"trained in {c['train_seconds']:.1f} s" if c["trained"] else "cached"
+    result = temperature_sweep(
+        model, train, test, args.temperatures, args.n, args.seed, args.cache_dir, progress=True, inception=inception
+    )
     print(f"model: {args.run}, checkpoint at step {meta.get('step')}")
-    print(f"feature classifier ({how}): {c['path']}, test accuracy {c['test_accuracy']:.4f}, {c['features']} features")
+    c = result["classifier"]
+    if c is None:
+        print(f"features: 2048-d pool features of FID's Inception-v3 with the weights in {args.inception}")
+    else:
+        how = f"trained in {c['train_seconds']:.1f} s" if c["trained"] else "cached"
+        print(
+            f"feature classifier ({how}): {c['path']}, test accuracy {c['test_accuracy']:.4f}, {c['features']} features"
+        )
     print(format_table(result))
     temperature_figure(result, args.output, title=f"{args.run} (step {meta.get('step')}): {result['metric']}")
-    print(f"wrote the FCD-vs-temperature plot and sample grids to {args.output}")
+    print(f"wrote the {result['column']}-vs-temperature plot and sample grids to {args.output}")
     if args.json:
         _write_json(args.json, {**result_json(result, args.run), "step": meta.get("step")})
 
@@ -339,7 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="temperature.png", help="plot and sample grids (PNG)")
     p.add_argument("--json", help="also write the numbers here")
     p.add_argument("--cache-dir", help="feature classifier cache (default $MSFLOW_CACHE, else ~/.cache/msflow)")
-    p.add_argument("--inception", metavar="PATH", help="Inception weights for true FID (not available in this build)")
+    p.add_argument(
+        "--inception",
+        metavar="PATH",
+        help="FID instead of FCD: a state dict (.safetensors, or weights-only .pt/.pth) of FID's Inception-v3, "
+        "e.g. pytorch-fid's pt_inception-2015-12-05 weights (not shipped; numbers unverified against reference FIDs)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_temperature)
 

@@ -206,7 +206,7 @@ def _ood_section(data: dict[str, Any]) -> str:
 def _temperature_section(data: dict[str, Any]) -> str:
     rows = [[r["temperature"], r["fcd"]] for r in data["rows"]] + [["train vs test", data.get("reference")]]
     note = f"{data.get('metric', 'FCD')}, {data.get('n')} samples per temperature, seed {data.get('seed')}"
-    return f"<p>{escape(note)}; lower is better</p>" + _table(["temperature", "FCD"], rows)
+    return f"<p>{escape(note)}; lower is better</p>" + _table(["temperature", data.get("column", "FCD")], rows)
 
 
 SCRIPT = """<script>window.addEventListener("load", function () {

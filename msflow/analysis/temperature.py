@@ -12,6 +12,15 @@ optimistic, because the classifier was trained on those training images).
 
 Every temperature uses the same seed, so the sweep scales one fixed set of latents: the
 differences between rows come from the temperature, not from a fresh noise draw.
+
+With ``inception=`` (``msflow temperature --inception PATH``) the features are instead the
+2048-d pool features of FID's Inception-v3 (:mod:`msflow.nn.inception`) with weights the user
+supplies, and the metric is named :data:`FID_METRIC`. msflow ships no such weights and could not
+download the official ones where it was built, so these numbers have not been checked against
+reference FID implementations; the column is labelled FID because that is what the network
+computes with pytorch-fid's ``pt_inception-2015-12-05`` weights. No classifier is trained then,
+so the data need no labels. The row values keep the JSON key ``"fcd"`` in both modes;
+``"metric"`` and ``"column"`` say which distance they are.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FID_METRIC = "FID (user-supplied Inception weights)"
 _PRETTY = {"mnist5k": "MNIST-5k", "digits8": "8x8-digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
@@ -69,8 +79,9 @@ def temperature_sweep(
     cache_dir: str | Path | None = None,
     grid: int = 16,
     progress: bool = False,
+    inception: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """FCD between ``n`` samples and the test set at each temperature, plus the train-vs-test reference.
+    """FCD (FID with ``inception``) of ``n`` samples vs the test set per temperature, plus the train-vs-test reference.
 
     Args:
         model: anything with ``sample(n, temperature=, generator=) -> uint8 (n, C, H, W)``.
@@ -82,13 +93,17 @@ def temperature_sweep(
         cache_dir: where the classifier is cached (default :func:`~msflow.analysis.features.default_cache_dir`).
         grid: samples per temperature kept in ``"grids"`` for :func:`temperature_figure`.
         progress: show progress bars.
+        inception: a :class:`~msflow.nn.inception.FIDInception` with loaded weights
+            (:func:`~msflow.nn.inception.load_fid_inception`): use its 2048-d features instead of
+            the classifier's (FID; no classifier is trained, labels are not needed).
 
     Returns:
-        ``{"metric", "dataset", "n", "seed", "classifier": {...}, "reference": FCD(train, test),
-        "rows": [{"temperature", "fcd"}, ...], "grids": [uint8 (grid, C, H, W), ...]}``.
+        ``{"metric", "column", "dataset", "n", "seed", "classifier": {...} or None with inception,
+        "reference": distance(train, test), "rows": [{"temperature", "fcd"}, ...],
+        "grids": [uint8 (grid, C, H, W), ...]}``; ``"column"`` is ``"FCD"`` or ``"FID"``.
 
     Raises:
-        MsflowError: no temperatures, ``n < 2``, or unlabelled data; ``ShapeError`` when the
+        MsflowError: no temperatures, ``n < 2``, or unlabelled data without ``inception``; ``ShapeError`` when the
             model's images and the data differ in shape.
     """
     if not temperatures:
@@ -98,12 +113,27 @@ def temperature_sweep(
     shape = getattr(model, "image_shape", None)
     if shape is not None and tuple(shape) != tuple(test.image_shape):
         raise ShapeError(f"the model makes {tuple(shape)} images but dataset {test.name!r} has {test.image_shape}")
-    net, info = load_or_train_classifier(train, test, cache_dir=cache_dir, progress=progress)
-    net.to(next(model.parameters()).device)
-    test_gaussian = fit_gaussian(classifier_features(net, test.images))
+    device = next(model.parameters()).device
+    if inception is None:
+        net, info = load_or_train_classifier(train, test, cache_dir=cache_dir, progress=progress)
+        net.to(device)
+
+        def features(images: Tensor) -> Tensor:
+            return classifier_features(net, images)
+
+    else:
+        from msflow.nn.inception import inception_features
+
+        info = None
+        inception.to(device)
+
+        def features(images: Tensor) -> Tensor:
+            return inception_features(inception, images)
+
+    test_gaussian = fit_gaussian(features(test.images))
 
     def fcd(images: Tensor) -> float:
-        return gaussian_frechet_distance(*fit_gaussian(classifier_features(net, images)), *test_gaussian)
+        return gaussian_frechet_distance(*fit_gaussian(features(images)), *test_gaussian)
 
     subset = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
     reference = fcd(train.images[subset])
@@ -113,7 +143,8 @@ def temperature_sweep(
         rows.append({"temperature": float(t), "fcd": fcd(images)})
         grids.append(images[:grid])
     return {
-        "metric": metric_name(train.name),
+        "metric": metric_name(train.name) if inception is None else FID_METRIC,
+        "column": "FCD" if inception is None else "FID",
         "dataset": train.name,
         "n": n,
         "n_test": len(test),
@@ -131,7 +162,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['metric']}, {result['n']} samples per temperature vs {result['n_test']} test images of "
         f"{result['dataset']} (seed {result['seed']}); lower is better",
-        f"{'temperature':>11}  {'FCD':>10}",
+        f"{'temperature':>11}  {result.get('column', 'FCD'):>10}",
     ]
     lines += [f"{row['temperature']:>11.2f}  {row['fcd']:>10.4f}" for row in result["rows"]]
     reference = f"(reference: {result['n_reference']} training images)"
@@ -160,7 +191,11 @@ def temperature_figure(result: dict[str, Any], path: str | Path, title: str = ""
     ax.plot(temps, [r["fcd"] for r in rows], "o-", label="samples vs test")
     ax.axhline(result["reference"], ls="--", c="grey", label=f"train vs test ({result['reference']:.3g})")
     positive = min([r["fcd"] for r in rows] + [result["reference"]]) > 0
-    ax.set(xlabel="temperature", ylabel="FCD (lower is better)", yscale="log" if positive else "linear")
+    ax.set(
+        xlabel="temperature",
+        ylabel=f"{result.get('column', 'FCD')} (lower is better)",
+        yscale="log" if positive else "linear",
+    )
     ax.set_title(title or result["metric"], fontsize=9)
     ax.legend(fontsize=8)
     axes = bottom.subplots(1, k, squeeze=False)[0]
@@ -183,6 +218,7 @@ def result_json(result: dict[str, Any], run: str | Path | None = None) -> dict[s
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
+    "FID_METRIC",
     "format_table",
     "metric_name",
     "result_json",

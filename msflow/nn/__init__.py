@@ -1,13 +1,17 @@
 """Non-invertible networks used inside invertible blocks."""
 
 from msflow.nn.classifier import SmallClassifier
+from msflow.nn.inception import FIDInception, inception_features, load_fid_inception
 from msflow.nn.subnets import SUBNETS, ZeroConv2d, conv_subnet, resnet_subnet, run_subnet, subnet_precision
 
 __all__ = [
     "SUBNETS",
+    "FIDInception",
     "SmallClassifier",
     "ZeroConv2d",
     "conv_subnet",
+    "inception_features",
+    "load_fid_inception",
     "resnet_subnet",
     "run_subnet",
     "subnet_precision",
