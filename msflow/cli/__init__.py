@@ -1,0 +1,68 @@
+"""The ``msflow`` command: parses arguments, then calls library functions.
+
+Every error caused by the user (bad config, missing data, foreign checkpoint, bad shape) is
+printed as one line on stderr with exit code 2; nothing half-written is left behind. Each
+module here registers a group of subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from msflow.cli import analysis_cmds, run_cmds
+from msflow.errors import MsflowError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``msflow`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="msflow", description="Multi-scale normalizing flows on images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (run_cmds, analysis_cmds):
+        group.register(sub)
+    return parser
+
+
+def _split_dashed_overrides(argv: Sequence[str]) -> list[str]:
+    """Accept ``--train.steps 100`` and ``--train.steps=100`` as ``train.steps=100``."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            out.append(arg[2:] if "=" in arg else f"{arg[2:]}={next(it, '')}")
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``msflow`` console script; returns the exit code."""
+    parser = build_parser()
+    # parse_known_args, because argparse cannot take positional overrides after an option
+    # (`msflow train CFG --out D k=v`): the leftovers are the train command's overrides.
+    args, extra = parser.parse_known_args(_split_dashed_overrides(sys.argv[1:] if argv is None else argv))
+    if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except MsflowError as err:
+        print(f"msflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        # An output path that is a folder, read-only, on a full disk...: the user's to fix.
+        print(f"msflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msflow {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
