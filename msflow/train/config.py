@@ -43,6 +43,11 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser, schedule (linear warm-up, then constant, cosine or exponential) and stabilisers.
 
+    Stabilisers: a step with a non-finite loss or gradient is skipped; after ``max_bad_steps``
+    in a row (or non-finite weights at a checkpoint) the run rolls back to its last checkpoint
+    and multiplies the learning rate by ``rollback_lr_factor``; after ``max_rollbacks`` roll-backs
+    it stops with an error.
+
     ``exponential`` is Liao & He's schedule: ``lr * decay_rate^(step / decay_steps)``, never
     below ``min_lr`` (their Adamax: lr 0.01 to 0.001, rate 0.98 every 1000 steps).
     """
@@ -59,6 +64,8 @@ class OptimConfig:
     grad_clip: float = 50.0
     ema_decay: float = 0.999
     max_bad_steps: int = 50
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,7 @@ class TrainConfig:
     num_samples: int = 64
     temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
     seed: int = 0
+    deterministic: bool = False
     device: str = "auto"
     precision: str = "float32"
     gradient_checkpointing: bool = False
@@ -120,6 +128,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("optim", "grad_clip"): _POSITIVE,
     ("optim", "ema_decay"): _FRACTION,
     ("optim", "max_bad_steps"): _POSITIVE,
+    ("optim", "rollback_lr_factor"): ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
+    ("optim", "max_rollbacks"): _COUNT,
     ("train", "steps"): _POSITIVE,
     ("train", "batch_size"): _POSITIVE,
     ("train", "eval_batch_size"): _POSITIVE,

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,24 +107,53 @@ def _state_tensors(
     return tensors, optim_meta
 
 
-def _meta(cfg: Config, model: nn.Module, step: int, bad: int, optim_meta: dict, results: dict | None) -> dict:
+def versions() -> dict[str, str]:
+    """Versions of what decides a run's numbers, stored in every checkpoint."""
+    import platform
+
+    import numpy
+    import safetensors
+
     from msflow import __version__
 
+    return {
+        "msflow": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class _Guard:
+    """Counters of the non-finite step guard; stored in every checkpoint."""
+
+    bad_in_a_row: int = 0
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+
+
+def _meta(cfg: Config, model: nn.Module, step: int, guard: _Guard, optim_meta: dict, results: dict | None) -> dict:
     return {
         "config": config_to_dict(cfg),
         "model_spec": model.spec,
         "step": step,
-        "bad_in_a_row": bad,
+        "seed": cfg.train.seed,
+        "bad_in_a_row": guard.bad_in_a_row,
+        "lr_scale": guard.lr_scale,
+        "rollbacks": guard.rollbacks,
         "optimizer": optim_meta,
         "results": results,
-        "versions": {"msflow": __version__, "torch": torch.__version__},
+        "versions": versions(),
     }
 
 
 def _resume(
     path: Path, cfg: Config, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA | None, noise: torch.Generator
-) -> tuple[int, int]:
-    """Restore the run's state from ``path``; returns ``(step, non-finite steps in a row)``."""
+) -> tuple[int, _Guard]:
+    """Restore the run's state from ``path``; returns ``(step, guard counters)``."""
     tensors, meta = load_checkpoint(path)
     saved = meta["config"]
     mine = config_to_dict(cfg)
@@ -147,7 +180,13 @@ def _resume(
         group.update(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     noise.set_state(tensors["rng/noise"])
     torch.set_rng_state(tensors["rng/torch"])
-    return int(meta["step"]), int(meta.get("bad_in_a_row", 0))
+    guard = _Guard(int(meta.get("bad_in_a_row", 0)), float(meta.get("lr_scale", 1.0)), int(meta.get("rollbacks", 0)))
+    return int(meta["step"]), guard
+
+
+def _non_finite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or infinity, if any."""
+    return next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
 def _every(step: int, period: int) -> bool:
@@ -164,6 +203,8 @@ def train(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     run_dir = cfg.run_dir
     device = resolve_device(t.device)
+    if t.deterministic:
+        make_deterministic()
     train_set, test_set = load_data(cfg, "train"), load_data(cfg, "test")
     model = build_model(cfg, device)
     check_compatible(model, train_set, cfg)
@@ -175,23 +216,41 @@ def train(cfg: Config) -> dict[str, Any]:
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
-    step, bad_in_a_row = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, 0)
+    step, guard = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, _Guard())
     for folder in (run_dir, run_dir / "samples"):
         remove_stale_temp_files(folder)
-    if step == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
     logdets = LogdetTracker(model, run_dir, resume_step=step, seed=t.seed) if t.logdet_every else None
 
-    def checkpoint(results: dict | None = None) -> None:
-        tensors, optim_meta = _state_tensors(model, opt, ema, noise)
-        save_checkpoint(ckpt, tensors, _meta(cfg, model, step, bad_in_a_row, optim_meta, results))
+    def state() -> tuple[dict[str, Tensor], dict]:
+        return _state_tensors(model, opt, ema, noise)
+
+    def checkpoint(tensors: dict[str, Tensor], optim_meta: dict, results: dict | None = None) -> None:
+        save_checkpoint(ckpt, tensors, _meta(cfg, model, step, guard, optim_meta, results))
+
+    def rollback(why: str) -> int:
+        """Reload the last checkpoint with a lower learning rate; returns its step."""
+        if guard.rollbacks >= o.max_rollbacks:
+            raise TrainingDiverged(
+                f"{why}, and the run already rolled back {guard.rollbacks} time(s) (optim.max_rollbacks); "
+                "lower optim.lr or raise optim.warmup_steps"
+            )
+        lr_scale, rollbacks = guard.lr_scale * o.rollback_lr_factor, guard.rollbacks + 1
+        back, _ = _resume(ckpt, cfg, model, opt, ema, noise)
+        guard.bad_in_a_row, guard.lr_scale, guard.rollbacks = 0, lr_scale, rollbacks
+        log.write({"step": step, "event": "rollback", "why": why, "to_step": back, "lr_scale": lr_scale})
+        bar.write(f"step {step}: {why}; rolled back to step {back} with the learning rate x {lr_scale:g}")
+        bar.n = back
+        return back
 
     def eval_now() -> dict[str, float]:
         with ema.applied(model) if ema else nullcontext():
             return evaluate(model, test_set, t.eval_batch_size, seed=t.seed)
 
+    if step == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        checkpoint(*state())  # the state a roll-back returns to before the first periodic checkpoint
     bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not t.progress, dynamic_ncols=True)
     seen, clock = 0, time.perf_counter()
     model.train()
@@ -199,7 +258,7 @@ def train(cfg: Config) -> dict[str, Any]:
         epoch, offset = divmod(step, steps_per_epoch)
         idx = epoch_order(len(train_set), t.seed, epoch)[offset * t.batch_size : (offset + 1) * t.batch_size]
         x = train_set.images[idx].to(device)
-        lr = learning_rate(cfg, step)
+        lr = learning_rate(cfg, step) * guard.lr_scale
         for group in opt.param_groups:
             group["lr"] = lr
         with subnet_precision(t.precision):
@@ -212,15 +271,14 @@ def train(cfg: Config) -> dict[str, Any]:
         step += 1
         seen += len(idx)
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            bad_in_a_row += 1
-            log.write({"step": step, "event": "skipped_non_finite_step", "loss": loss.item(), "in_a_row": bad_in_a_row})
-            if bad_in_a_row >= o.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{bad_in_a_row} steps in a row had a non-finite loss or gradient; "
-                    "lower optim.lr or raise optim.warmup_steps"
-                )
+            guard.bad_in_a_row += 1
+            event = {"step": step, "event": "skipped_non_finite_step", "loss": loss.item()}
+            log.write({**event, "in_a_row": guard.bad_in_a_row})
+            if guard.bad_in_a_row >= o.max_bad_steps:
+                step = rollback(f"{guard.bad_in_a_row} steps in a row had a non-finite loss or gradient")
+                continue
         else:
-            bad_in_a_row = 0
+            guard.bad_in_a_row = 0
             opt.step()
             if ema is not None:
                 ema.update(model, step)
@@ -238,6 +296,15 @@ def train(cfg: Config) -> dict[str, Any]:
             )
             bar.set_postfix(bpd=f"{loss.item():.3f}")
             seen, clock = 0, time.perf_counter()
+        if _every(step, t.checkpoint_every) or step == t.steps:
+            tensors, optim_meta = state()
+            bad = _non_finite(tensors)
+            if bad is not None:
+                # Never written to disk: go back to the last state that was.
+                step = rollback(f"non-finite values in {bad}")
+                continue
+            if step < t.steps:
+                _periodic_checkpoint(partial(checkpoint, tensors, optim_meta), ckpt, step, log, bar)
         if logdets is not None and _every(step, t.logdet_every):
             logdets.measure(x, step)
         if _every(step, t.eval_every) and step < t.steps:
@@ -247,8 +314,6 @@ def train(cfg: Config) -> dict[str, Any]:
         if _every(step, t.sample_every) and t.num_samples:
             with ema.applied(model) if ema else nullcontext():
                 sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}")
-        if _every(step, t.checkpoint_every) and step < t.steps:
-            checkpoint()
     bar.close()
     if logdets is not None:
         logdets.plot()
@@ -259,6 +324,36 @@ def train(cfg: Config) -> dict[str, Any]:
         with ema.applied(model) if ema else nullcontext():
             grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final")
     result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
-    checkpoint(result)
+    try:
+        checkpoint(*state(), results=result)
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write the final checkpoint {ckpt} ({err.strerror or err}); the previous one is intact: "
+            "free some space and rerun the same command to finish"
+        ) from None
     (run_dir / "results.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _periodic_checkpoint(write: Callable[[], None], path: Path, step: int, log: MetricsLog, bar: Any) -> None:
+    """Write a periodic checkpoint; a failed write (full disk, say) warns and training goes on.
+
+    The write is atomic, so the previous checkpoint stays whole and a later one may succeed;
+    stopping would throw away the steps since then for nothing.
+    """
+    try:
+        write()
+    except OSError as err:
+        log.write({"step": step, "event": "checkpoint_failed", "error": str(err)})
+        bar.write(f"step {step}: could not write {path} ({err.strerror or err}); keeping the previous checkpoint")
+
+
+def make_deterministic() -> None:
+    """Ask PyTorch for deterministic kernels (bit-for-bit repeatable runs on one device).
+
+    CPU runs with a fixed thread count already repeat exactly; on CUDA this turns off cuDNN's
+    autotuner and makes cuBLAS use a fixed workspace, at some speed cost.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)

@@ -61,7 +61,9 @@ class UniformDequantize(nn.Module):
         self.check(x)
         # Drawn on the generator's device, so a seeded draw is the same on CPU and CUDA.
         where = generator.device if generator is not None else x.device
-        u = torch.rand(x.shape, generator=generator, device=where, dtype=dtype).to(x.device)
+        # Drawn in float32 whatever ``dtype`` is, so a float64 evaluation sees the same noise as
+        # a float32 one and their bits/dim differ only by arithmetic precision.
+        u = torch.rand(x.shape, generator=generator, device=where, dtype=torch.float32).to(x.device, dtype)
         v = (x.to(dtype) + u) / self.levels
         # In float32, x + u rounds up to x + 1 when u is within half an ulp of 1; keep v in its bin.
         top = (x.to(dtype) + 1) / self.levels
