@@ -45,3 +45,8 @@ def atomic_write(path: Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``: readers see the old or the new file, never half."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

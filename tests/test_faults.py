@@ -6,6 +6,7 @@ run that was never interrupted; no checkpoint on disk may ever be partial or unr
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
@@ -148,3 +149,132 @@ def test_resume_after_sigkill_during_checkpoint_write_is_exact(tmp_path: Path, r
     # the partial temporary file of the killed run must not stay behind (for real models it is
     # as large as a checkpoint, and one more accumulates after every crash)
     assert tmp_files(run_dir) == [], "stale partial checkpoint left in the run folder"
+
+
+# ----------------------------------------------------------------------------- random fault injection
+
+DRIVER = Path(__file__).with_name("faults_driver.py")
+STEPS, EVERY = 24, 4  # RESUME_ARGS: 24 steps, a checkpoint every 4, evaluations at 8 and 16
+
+
+def run_with_fault(fault: str, at: int, run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(DRIVER), fault, str(at), "train", *RESUME_ARGS, "--out", str(run_dir)]
+    return subprocess.run(argv, cwd=cwd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def saved_step(run_dir: Path) -> int:
+    """The step of the run's checkpoint, which must load whenever it exists (-1 if none yet)."""
+    path = run_dir / CHECKPOINT
+    return load_checkpoint(path)[1]["step"] if path.exists() else -1
+
+
+def draw_fault(rng: random.Random, kind: str, done: int, cap: int) -> tuple[str, int]:
+    """Where ``kind`` strikes, given the checkpointed step ``done``: always reached, and never
+    letting the checkpoint pass step ``cap`` (so the run cannot finish before all kills)."""
+    later = max(done + 1, min(cap, STEPS - 1))
+    if kind == "eval":
+        if any(done < s <= cap for s in (8, 16)):  # the process's first evaluation, at step 8 or 16
+            return kind, 1
+        kind = "step"
+    if kind == "step":
+        return kind, rng.randint(done + 1, later)  # killed after this step: progress to its checkpoint
+    if kind == "checkpoint":
+        return kind, (done // EVERY + 1) * EVERY  # the next write: no progress
+    if kind == "metrics":
+        return kind, rng.randint(done + 1, later)  # a step's line is written before its checkpoint
+    if kind == "replace":
+        return kind, rng.randint(1, 2)  # the metrics rewrite (or config) and the next checkpoint
+    return kind, rng.randint(0, 150)  # timer: milliseconds after the first step starts
+
+
+def inject_random_faults(run_dir: Path, cwd: Path, kills: int, seed: int) -> list[tuple[str, int, int]]:
+    """SIGKILL the run ``kills`` times at random fault points, checking the disk after each.
+
+    Returns ``(fault, at, checkpointed step afterwards)`` for every kill.
+    """
+    rng = random.Random(seed)
+    kinds = ["step", "checkpoint", "metrics", "replace", "eval", "timer"]
+    history: list[tuple[str, int, int]] = []
+    for i in range(kills):
+        done = saved_step(run_dir)
+        cap = EVERY * (1 + i * (STEPS // EVERY - 2) // kills)
+        kind, at = draw_fault(rng, kinds[i] if i < len(kinds) else rng.choice(kinds), done, cap)
+        proc = run_with_fault(kind, at, run_dir, cwd)
+        assert proc.returncode == -signal.SIGKILL, f"{kind} at {at} was not reached:\n{proc.stderr[-2000:]}"
+        after = saved_step(run_dir)  # loads, so it is complete
+        assert done <= after < STEPS, f"the checkpoint went from step {done} to {after}"
+        assert not (run_dir / "results.json").exists()
+        assert len(tmp_files(run_dir)) <= 2, tmp_files(run_dir)  # at most the files being written when killed
+        history.append((kind, at, after))
+    return history
+
+
+def test_ten_random_kills_resume_to_the_uninterrupted_state(tmp_path: Path, reference_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    history = inject_random_faults(run_dir, tmp_path, kills=10, seed=2026)
+    assert {kind for kind, _, _ in history} == {"step", "checkpoint", "metrics", "replace", "eval", "timer"}
+    assert history[-1][2] > 0  # the run made progress between the kills
+    proc = run_msflow(["train", *RESUME_ARGS, "--out", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_final_state(run_dir, reference_run)
+    assert tmp_files(run_dir) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_forty_random_kills_resume_to_the_uninterrupted_state(tmp_path: Path, reference_run: Path, seed: int) -> None:
+    run_dir = tmp_path / "run"
+    inject_random_faults(run_dir, tmp_path, kills=40, seed=seed)
+    proc = run_msflow(["train", *RESUME_ARGS, "--out", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_final_state(run_dir, reference_run)
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_training_goes_on(
+    tmp_path: Path, reference_run: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_with_fault("enospc", 8, run_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "could not write" in proc.stdout + proc.stderr and "No space left on device" in proc.stdout + proc.stderr
+    [event] = [r for r in read_metrics(run_dir) if r.get("event") == "checkpoint_failed"]
+    assert event["step"] == 8
+    # the failed write cost nothing: the run ends exactly as an uninterrupted one
+    assert_same_final_state(run_dir, reference_run)
+    assert tmp_files(run_dir) == []
+
+
+def test_full_disk_then_a_crash_leaves_the_checkpoint_before_the_failed_write(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # the write of step 8 fails (disk full), then the run is killed at step 10: step 4's checkpoint is all there is
+    script = tmp_path / "both.py"
+    script.write_text(
+        "import sys, faults_driver\n"
+        "faults_driver.install('enospc', 8)\n"
+        "faults_driver.install('step', 10)\n"
+        "sys.exit(faults_driver.main(sys.argv[1:]))\n"
+    )
+    env = {**SUBPROCESS_ENV, "PYTHONPATH": str(DRIVER.parent)}
+    argv = [sys.executable, str(script), "train", *RESUME_ARGS, "--out", str(run_dir)]
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert saved_step(run_dir) == 4
+    assert tmp_files(run_dir) == []  # the half-written file of step 8 was removed when the write failed
+
+
+def test_full_disk_at_the_final_checkpoint_is_a_clear_error_and_rerunning_finishes(
+    tmp_path: Path, reference_run: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_with_fault("enospc", STEPS, run_dir, tmp_path)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("msflow train: error: could not write the final checkpoint")
+    assert "No space left on device" in line and "rerun the same command" in line
+    assert saved_step(run_dir) == 20 and not (run_dir / "results.json").exists()
+    proc = run_msflow(["train", *RESUME_ARGS, "--out", str(run_dir)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_final_state(run_dir, reference_run)

@@ -25,7 +25,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from msflow._io import remove_stale_temp_files
+from msflow._io import remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
 from msflow.data import ImageDataset, get_dataset
 from msflow.errors import CheckpointError, MsflowError, ShapeError
@@ -249,7 +249,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     if step == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         checkpoint(*state())  # the state a roll-back returns to before the first periodic checkpoint
     bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not t.progress, dynamic_ncols=True)
     seen, clock = 0, time.perf_counter()
@@ -296,15 +296,12 @@ def train(cfg: Config) -> dict[str, Any]:
             )
             bar.set_postfix(bpd=f"{loss.item():.3f}")
             seen, clock = 0, time.perf_counter()
-        if _every(step, t.checkpoint_every) or step == t.steps:
-            tensors, optim_meta = state()
-            bad = _non_finite(tensors)
-            if bad is not None:
-                # Never written to disk: go back to the last state that was.
-                step = rollback(f"non-finite values in {bad}")
-                continue
-            if step < t.steps:
-                _periodic_checkpoint(partial(checkpoint, tensors, optim_meta), ckpt, step, log, bar)
+        due = _every(step, t.checkpoint_every) or step == t.steps
+        bad = _non_finite(state()[0]) if due else None
+        if bad is not None:
+            # Never evaluated or written to disk: go back to the last state that was.
+            step = rollback(f"non-finite values in {bad}")
+            continue
         if logdets is not None and _every(step, t.logdet_every):
             logdets.measure(x, step)
         if _every(step, t.eval_every) and step < t.steps:
@@ -314,6 +311,9 @@ def train(cfg: Config) -> dict[str, Any]:
         if _every(step, t.sample_every) and t.num_samples:
             with ema.applied(model) if ema else nullcontext():
                 sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}")
+        # Last, so a checkpoint of step s means that everything of step s (logs, grids) is done.
+        if due and step < t.steps:
+            _periodic_checkpoint(partial(checkpoint, *state()), ckpt, step, log, bar)
     bar.close()
     if logdets is not None:
         logdets.plot()
@@ -331,7 +331,7 @@ def train(cfg: Config) -> dict[str, Any]:
             f"could not write the final checkpoint {ckpt} ({err.strerror or err}); the previous one is intact: "
             "free some space and rerun the same command to finish"
         ) from None
-    (run_dir / "results.json").write_text(json.dumps(result, indent=2))
+    write_text(run_dir / "results.json", json.dumps(result, indent=2))
     return result
 
 

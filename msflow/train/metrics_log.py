@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from msflow._io import write_text
+
 
 class MetricsLog:
     """Appends one JSON object per line; on resume drops lines past the checkpoint's step.
@@ -26,7 +28,9 @@ class MetricsLog:
                     continue  # a line cut short by a crash
                 if record.get("step", 0) <= resume_step:
                     kept.append(line)
-            path.write_text("".join(k + "\n" for k in kept))
+            text = "".join(k + "\n" for k in kept)
+            # Atomic, so a crash during the rewrite cannot cut the history short.
+            write_text(path, text)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` and flush it to disk."""
