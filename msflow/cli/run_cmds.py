@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import torch
 
-from msflow.cli._common import bpd_line, positive_int, temperature_arg
+from msflow.cli._common import bpd_line, non_negative_int, positive_int, temperature_arg
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -16,7 +17,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = apply_overrides(load_config(args.config), list(args.overrides))
     # Options are taken literally (not parsed as YAML like the overrides): `--out "run #1"`.
-    literal = {k: v for k, v in (("device", args.device), ("out", args.out)) if v}
+    literal: dict[str, Any] = {k: v for k, v in (("device", args.device), ("out", args.out)) if v}
+    if args.seed is not None:
+        literal["seed"] = args.seed
+    if args.deterministic:
+        literal["deterministic"] = True
     cfg = replace(cfg, train=replace(cfg.train, **literal))
     result = train(cfg)
     print(bpd_line("test", result, cfg.data.name, cfg.train.seed))
@@ -25,15 +30,36 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from msflow.metrics.invertibility import WARN_ABOVE, reconstruction_errors
     from msflow.train.evaluate import evaluate, resolve_device
     from msflow.train.loop import load_data
     from msflow.train.run import load_run
 
     model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    model.to(DTYPES[args.dtype])
+    data = load_data(cfg, args.split)
     batch = args.batch_size or cfg.train.eval_batch_size
     seed = cfg.train.seed if args.seed is None else args.seed
-    result = evaluate(model, load_data(cfg, args.split), batch, seed=seed, progress=True)
-    print(bpd_line(args.split, result, cfg.data.name, seed))
+    result = evaluate(model, data, batch, seed=seed, progress=True)
+    print(bpd_line(args.split, result, cfg.data.name, seed) + f" in {args.dtype}")
+    if args.check_images == 0:
+        return
+    errors = reconstruction_errors(model, data, batch, seed=seed, max_images=args.check_images)
+    worst = errors.max().item()
+    print(
+        f"invertibility: max |x - f^-1(f(x))| = {worst:.2e} over {len(errors)} {args.split} images in {args.dtype} "
+        f"(one 8-bit level is {1 / 256:.1e})"
+    )
+    if not worst <= WARN_ABOVE:  # NaN included
+        print(
+            f"msflow eval: warning: the model does not invert to within {WARN_ABOVE:g} (worst: image "
+            f"{int(errors.nan_to_num(float('inf')).argmax())}, {worst:.2e}), so its bits/dim are those of a function "
+            "it cannot undo; check with --dtype float64, and retrain with a lower optim.lr or a balanced-* model",
+            file=sys.stderr,
+        )
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -68,13 +94,27 @@ def register(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 model.options.hidden=64")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="run folder (default runs/<config name>)")
+    p.add_argument(
+        "--seed", type=non_negative_int, help="train.seed: weights, data order, noise (CPU runs repeat bit for bit)"
+    )
+    p.add_argument(
+        "--deterministic", action="store_true", help="deterministic kernels on GPU too (train.deterministic, slower)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test bits/dim of a trained run")
     p.add_argument("run")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the dequantization draw (default: the run's train.seed)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="arithmetic of the evaluation")
+    p.add_argument(
+        "--check-images",
+        type=non_negative_int,
+        default=500,
+        metavar="N",
+        help="measure max |x - f^-1(f(x))| on the first N images (0: skip)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_eval)
 
