@@ -193,3 +193,15 @@ def test_zero_cadence_values_are_refused_or_work(tmp_path: Path, override: str) 
         assert not run.exists()
     else:
         assert (run / "results.json").exists()
+
+
+def test_max_seconds_stops_training_and_counts_time_over_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = tiny_config(run, "train.steps=100000", "train.max_seconds=1.5", "train.checkpoint_every=2")
+    result = train(cfg)
+    assert 0 < result["steps"] < 100000
+    tensors, meta = load_checkpoint(run / CHECKPOINT)
+    assert meta["step"] == result["steps"] and meta["train_seconds"] >= 1.5
+    assert math.isfinite(result["bpd"])
+    # the budget is spent: running the command again trains no further
+    assert train(cfg)["steps"] == result["steps"]

@@ -70,9 +70,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Loop length, batch sizes, logging and checkpoint cadence, device and precision."""
+    """Loop length, batch sizes, logging and checkpoint cadence, device and precision.
+
+    ``max_seconds`` (0: none) stops training at the first step past that much wall-clock time,
+    counted over every resume, then evaluates as usual: runs compared "at an equal CPU budget"
+    use it. A time-limited run is not bit-for-bit repeatable (where it stops depends on speed)."""
 
     steps: int = 2000
+    max_seconds: float = 0.0
     batch_size: int = 64
     eval_batch_size: int = 500
     eval_every: int = 500
@@ -131,6 +136,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("optim", "rollback_lr_factor"): ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
     ("optim", "max_rollbacks"): _COUNT,
     ("train", "steps"): _POSITIVE,
+    ("train", "max_seconds"): ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means no limit)"),
     ("train", "batch_size"): _POSITIVE,
     ("train", "eval_batch_size"): _POSITIVE,
     ("train", "eval_every"): _COUNT,

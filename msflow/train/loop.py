@@ -128,11 +128,12 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class _Guard:
-    """Counters of the non-finite step guard; stored in every checkpoint."""
+    """Counters of the non-finite step guard and the time budget; stored in every checkpoint."""
 
     bad_in_a_row: int = 0
     lr_scale: float = 1.0
     rollbacks: int = 0
+    train_seconds: float = 0.0  # wall-clock seconds of training so far, over every resume
 
 
 def _meta(cfg: Config, model: nn.Module, step: int, guard: _Guard, optim_meta: dict, results: dict | None) -> dict:
@@ -144,6 +145,7 @@ def _meta(cfg: Config, model: nn.Module, step: int, guard: _Guard, optim_meta: d
         "bad_in_a_row": guard.bad_in_a_row,
         "lr_scale": guard.lr_scale,
         "rollbacks": guard.rollbacks,
+        "train_seconds": guard.train_seconds,
         "optimizer": optim_meta,
         "results": results,
         "versions": versions(),
@@ -180,7 +182,12 @@ def _resume(
         group.update(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     noise.set_state(tensors["rng/noise"])
     torch.set_rng_state(tensors["rng/torch"])
-    guard = _Guard(int(meta.get("bad_in_a_row", 0)), float(meta.get("lr_scale", 1.0)), int(meta.get("rollbacks", 0)))
+    guard = _Guard(
+        int(meta.get("bad_in_a_row", 0)),
+        float(meta.get("lr_scale", 1.0)),
+        int(meta.get("rollbacks", 0)),
+        float(meta.get("train_seconds", 0.0)),
+    )
     return int(meta["step"]), guard
 
 
@@ -217,6 +224,11 @@ def train(cfg: Config) -> dict[str, Any]:
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
     step, guard = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, _Guard())
+    started, spent_before = time.perf_counter(), guard.train_seconds
+
+    def spent() -> float:
+        return spent_before + time.perf_counter() - started
+
     for folder in (run_dir, run_dir / "samples"):
         remove_stale_temp_files(folder)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
@@ -226,6 +238,7 @@ def train(cfg: Config) -> dict[str, Any]:
         return _state_tensors(model, opt, ema, noise)
 
     def checkpoint(tensors: dict[str, Tensor], optim_meta: dict, results: dict | None = None) -> None:
+        guard.train_seconds = spent()
         save_checkpoint(ckpt, tensors, _meta(cfg, model, step, guard, optim_meta, results))
 
     def rollback(why: str) -> int:
@@ -254,7 +267,7 @@ def train(cfg: Config) -> dict[str, Any]:
     bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not t.progress, dynamic_ncols=True)
     seen, clock = 0, time.perf_counter()
     model.train()
-    while step < t.steps:
+    while step < t.steps and not (t.max_seconds and spent() >= t.max_seconds):
         epoch, offset = divmod(step, steps_per_epoch)
         idx = epoch_order(len(train_set), t.seed, epoch)[offset * t.batch_size : (offset + 1) * t.batch_size]
         x = train_set.images[idx].to(device)
@@ -324,6 +337,8 @@ def train(cfg: Config) -> dict[str, Any]:
         with ema.applied(model) if ema else nullcontext():
             grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final")
     result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
+    if step < t.steps:
+        bar.write(f"stopped at step {step} of {t.steps}: train.max_seconds={t.max_seconds:g} was spent")
     try:
         checkpoint(*state(), results=result)
     except OSError as err:
