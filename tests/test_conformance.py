@@ -34,6 +34,8 @@ from msflow.transforms import (
     GaussianSplitPrior,
     InvConv1x1,
     Logit,
+    MARSplitPrior,
+    MixLogCDFCoupling,
     RQActivation,
     Squeeze,
     StridedInvConv,
@@ -153,6 +155,34 @@ CASES = [
         "inverse-flow-sequential-squeeze",
         lambda: Inverse(FlowSequential(Squeeze(), AffineCoupling(16, subnet=subnet()))),
         in_shape=(16, 2, 3),
+    ),
+    Case("mixlogcdf-coupling", lambda: MixLogCDFCoupling(4, subnet=subnet(), mixtures=3)),
+    Case("mixlogcdf-coupling-odd-k1", lambda: MixLogCDFCoupling(5, subnet=subnet(), mixtures=1), in_shape=(5, 4, 6)),
+    Case(
+        "mixlogcdf-coupling-cond",
+        lambda: MixLogCDFCoupling(4, subnet=subnet(), mixtures=2, cond_channels=COND_CHANNELS),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case("mar-prior-keep2", lambda: MARSplitPrior(4, keep=2, hidden=4, embed_hidden=4, embed_channels=2)),
+    Case("mar-prior-top", lambda: MARSplitPrior(4, keep=0, hidden=4, num_layers=2, kernel_size=5, dilation=2)),
+    Case(
+        "mar-prior-keep1-cond",
+        lambda: MARSplitPrior(4, keep=1, cond_channels=COND_CHANNELS, hidden=4, embed_hidden=4),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case(
+        "mar-prior-top-cond",
+        lambda: MARSplitPrior(4, keep=0, cond_channels=COND_CHANNELS, hidden=4, embed_hidden=4),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case(
+        "marscf-step-mixlogcdf-mar",
+        lambda: FlowSequential(
+            ActNorm(4),
+            InvConv1x1(4),
+            MixLogCDFCoupling(4, subnet=subnet(), mixtures=2),
+            MARSplitPrior(4, keep=2, hidden=4, embed_hidden=4),
+        ),
     ),
 ]
 CONDITIONAL = [c for c in CASES if c.conditional]

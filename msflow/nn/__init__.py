@@ -1,11 +1,13 @@
 """Non-invertible networks used inside invertible blocks."""
 
 from msflow.nn.classifier import SmallClassifier
+from msflow.nn.convlstm import ConvLSTM
 from msflow.nn.inception import FIDInception, inception_features, load_fid_inception
 from msflow.nn.subnets import SUBNETS, ZeroConv2d, conv_subnet, resnet_subnet, run_subnet, subnet_precision
 
 __all__ = [
     "SUBNETS",
+    "ConvLSTM",
     "FIDInception",
     "SmallClassifier",
     "ZeroConv2d",

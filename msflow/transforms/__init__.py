@@ -4,6 +4,8 @@ from msflow.transforms.actnorm import ActNorm
 from msflow.transforms.conv1x1 import InvConv1x1, StridedInvConv
 from msflow.transforms.coupling import COUPLINGS, AdditiveCoupling, AffineCoupling
 from msflow.transforms.dual_coupling import DualAffineCoupling
+from msflow.transforms.mar_prior import MARSplitPrior
+from msflow.transforms.mixlogcdf import MixLogCDFCoupling
 from msflow.transforms.permute import ChannelPermutation
 from msflow.transforms.preprocess import Affine, Logit, UniformDequantize
 from msflow.transforms.reshape import Squeeze
@@ -21,6 +23,8 @@ __all__ = [
     "GaussianSplitPrior",
     "InvConv1x1",
     "Logit",
+    "MARSplitPrior",
+    "MixLogCDFCoupling",
     "RQActivation",
     "Squeeze",
     "StridedInvConv",
