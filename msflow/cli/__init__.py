@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from msflow.cli import analysis_cmds, run_cmds
+from msflow.cli import analysis_cmds, model_cmds, run_cmds
 from msflow.errors import MsflowError
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``msflow`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="msflow", description="Multi-scale normalizing flows on images.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (run_cmds, analysis_cmds):
+    for group in (run_cmds, analysis_cmds, model_cmds):
         group.register(sub)
     return parser
 
