@@ -10,7 +10,8 @@ killer would, so no Python clean-up runs):
 - ``metrics``: halfway through writing the metrics line of step AT;
 - ``replace``: just before the AT-th atomic rename of the run (checkpoints, grids, logs);
 - ``eval``: in the middle of the AT-th evaluation on the test set;
-- ``timer``: AT milliseconds after the first training step starts, wherever it is then;
+- ``timer``: AT milliseconds after the first training step starts, wherever it is then (or
+  after step ``$FAULT_LATEST_STEP`` at the latest);
 - ``enospc``: the checkpoint write of step AT fails with "No space left on device" after
   writing half the file (the process is not killed: training must go on).
 """
@@ -90,9 +91,13 @@ def install(fault: str, at: int) -> None:
     elif fault == "timer":
         real_lr, timer = loop.learning_rate, threading.Timer(at / 1000, die)
 
+        latest = int(os.environ.get("FAULT_LATEST_STEP", "0"))
+
         def learning_rate(cfg, step):  # noqa: ANN001, ANN202
             if not timer.is_alive() and not timer.finished.is_set():
                 timer.start()  # from the first training step on: wherever it is then
+            if step == latest:  # on a fast machine the timer may come late: never let the run finish
+                die()
             return real_lr(cfg, step)
 
         loop.learning_rate = learning_rate

@@ -157,9 +157,10 @@ DRIVER = Path(__file__).with_name("faults_driver.py")
 STEPS, EVERY = 24, 4  # RESUME_ARGS: 24 steps, a checkpoint every 4, evaluations at 8 and 16
 
 
-def run_with_fault(fault: str, at: int, run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+def run_with_fault(fault: str, at: int, run_dir: Path, cwd: Path, latest: int = 0) -> subprocess.CompletedProcess:
     argv = [sys.executable, str(DRIVER), fault, str(at), "train", *RESUME_ARGS, "--out", str(run_dir)]
-    return subprocess.run(argv, cwd=cwd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    env = {**SUBPROCESS_ENV, "FAULT_LATEST_STEP": str(latest)}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def saved_step(run_dir: Path) -> int:
@@ -199,7 +200,7 @@ def inject_random_faults(run_dir: Path, cwd: Path, kills: int, seed: int) -> lis
         done = saved_step(run_dir)
         cap = EVERY * (1 + i * (STEPS // EVERY - 2) // kills)
         kind, at = draw_fault(rng, kinds[i] if i < len(kinds) else rng.choice(kinds), done, cap)
-        proc = run_with_fault(kind, at, run_dir, cwd)
+        proc = run_with_fault(kind, at, run_dir, cwd, latest=max(done + 1, cap))
         assert proc.returncode == -signal.SIGKILL, f"{kind} at {at} was not reached:\n{proc.stderr[-2000:]}"
         after = saved_step(run_dir)  # loads, so it is complete
         assert done <= after < STEPS, f"the checkpoint went from step {done} to {after}"
