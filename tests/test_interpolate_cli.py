@@ -80,7 +80,6 @@ def test_interpolate_test_pairs_reports_the_mean_and_json(run: Path, tmp_path: P
         (["--test-pairs", "0"], "give two images"),
         (["--steps", "2", "--test-pairs", "1"], "--steps counts both end images"),
         (["--test-pairs", "1000"], "needs 2000 test images"),
-        (["--lr", "0", "--test-pairs", "1"], "--lr must be a finite number > 0"),
         (["--lambdas", "nan", "0.3", "--test-pairs", "1"], "--lambdas must be two finite numbers"),
     ],
 )

@@ -195,9 +195,11 @@ def test_zero_cadence_values_are_refused_or_work(tmp_path: Path, override: str) 
         assert (run / "results.json").exists()
 
 
-def test_max_seconds_stops_training_and_counts_time_over_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_max_seconds_stops_training_and_counts_time_over_resumes(tmp_path: Path, clock: str) -> None:
     run = tmp_path / "run"
-    cfg = tiny_config(run, "train.steps=100000", "train.max_seconds=1.5", "train.checkpoint_every=2")
+    overrides = ["train.steps=100000", "train.max_seconds=1.5", "train.checkpoint_every=2"]
+    cfg = tiny_config(run, *overrides, f"train.budget_clock={clock}")
     result = train(cfg)
     assert 0 < result["steps"] < 100000
     tensors, meta = load_checkpoint(run / CHECKPOINT)

@@ -165,6 +165,8 @@ def fit_toy(
             optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        if len(losses) >= 50 and not any(math.isfinite(x) for x in losses[-50:]):
+            raise MsflowError(f"toy {name}: 50 steps in a row had a non-finite loss; lower --lr (now {lr:g})")
     return flow.eval(), losses
 
 

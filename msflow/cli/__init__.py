@@ -65,4 +65,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"msflow {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return 0
-

@@ -4,30 +4,84 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+# No option needs more than 2**31 - 1 of anything; larger values would only overflow deep in
+# torch (sizes and seeds are 64-bit there) and end in a traceback instead of a usage error.
+MAX_COUNT = 2**31 - 1
+# Seeds reach torch.Generator.manual_seed, also multiplied (data order: seed * 1_000_003 + epoch).
+SEED_LIMIT = 2**32
 
 
-def temperature_arg(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"temperature must be in [0, 10], got {text}")
-    return value
+def _show(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def int_range(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]``; ``what`` says what is expected."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {_show(text)!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {_show(text)}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be {what} of at most {high}, got {_show(text)}")
+        return value
+
+    return parse
+
+
+positive_int = int_range(1, MAX_COUNT, "a positive integer")
+non_negative_int = int_range(0, MAX_COUNT, "an integer >= 0")
+seed_arg = int_range(0, SEED_LIMIT - 1, "a seed in [0, 2**32)")
+
+
+def float_range(low: float, high: float, what: str, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number in ``[low, high]`` (``(low, high]`` with ``low_open``); NaN never is."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {_show(text)!r}") from None
+        if not (low < value <= high if low_open else low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{what}, got {_show(text)}")
+        return value
+
+    return parse
+
+
+temperature_arg = float_range(0, 10, "temperature must be in [0, 10]")
+learning_rate_arg = float_range(0, 1, "learning rate must be in (0, 1]", low_open=True)
+
+
+def output_file(text: str) -> str:
+    """An argparse type for a file a command writes: checked before the work, not after it.
+
+    Missing folders are created when the file is written; a folder at the path, or a file
+    where a folder should be, is refused here.
+    """
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, expected the path of a file to write")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be written inside it")
+    return text
+
+
+def folder_arg(text: str) -> str:
+    """An argparse type for a folder a command writes into (created if missing); a file is refused."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, expected a folder")
+    return text
 
 
 def bpd_line(split: str, result: dict, data: str, seed: int) -> str:

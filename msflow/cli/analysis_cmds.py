@@ -7,7 +7,24 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import bpd_fn, in_distribution, positive_int, temperature_arg, write_json
+from msflow.cli._common import (
+    bpd_fn,
+    folder_arg,
+    in_distribution,
+    int_range,
+    learning_rate_arg,
+    output_file,
+    positive_int,
+    seed_arg,
+    temperature_arg,
+    write_json,
+)
+
+# Sizes that are allocated at once: larger values cannot fit in memory, so they are usage errors.
+PAD_TO = int_range(1, 4096, "a positive integer")
+TOY_BLOCKS = int_range(1, 1024, "a positive integer")
+TOY_SAMPLES = int_range(1, 10**7, "a positive integer")
+SAMPLES = int_range(1, 100_000, "a positive integer")
 
 
 def cmd_bound(args: argparse.Namespace) -> None:
@@ -148,27 +165,29 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bound", help="bits/dim of the best linear (PPCA) flow on a dataset")
     p.add_argument("data", help="dataset name (see `msflow list`)")
     p.add_argument("--root", help="folder of your data for the non-bundled datasets")
-    p.add_argument("--pad-to", type=positive_int)
-    p.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise")
+    p.add_argument("--pad-to", type=PAD_TO)
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the dequantization noise")
     p.set_defaults(func=cmd_bound)
 
     p = sub.add_parser("perturb", help="resample an image's latents level by level (Liao & He, Fig. 5)")
     p.add_argument("run")
     p.add_argument("image", help="an image file of the model's size (greyscale/RGB converted)")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0, help="std of the resampled latents")
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampled latents")
-    p.add_argument("-o", "--output", default="perturb.png")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the resampled latents")
+    p.add_argument("-o", "--output", type=output_file, default="perturb.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_perturb)
 
     p = sub.add_parser("toy", help="fit a balanced flow to a 2-D toy density and plot it (Liao & He, Fig. 3, 7)")
     p.add_argument("name", choices=sorted(TOYS), help="the toy density")
-    p.add_argument("--blocks", type=positive_int, default=8, help="balanced blocks")
+    p.add_argument("--blocks", type=TOY_BLOCKS, default=8, help="balanced blocks")
     p.add_argument("--steps", type=positive_int, default=2000, help="training steps (fresh minibatch of 512 each)")
-    p.add_argument("--lr", type=float, default=1e-2, help="initial Adamax learning rate (decays to a tenth)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-n", type=positive_int, default=10_000, help="held-out samples for the log-likelihood")
-    p.add_argument("-o", "--output", default="toy.png")
+    p.add_argument(
+        "--lr", type=learning_rate_arg, default=1e-2, help="initial Adamax learning rate (decays to a tenth)"
+    )
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("-n", type=TOY_SAMPLES, default=10_000, help="held-out samples for the log-likelihood")
+    p.add_argument("-o", "--output", type=output_file, default="toy.png")
     p.set_defaults(func=cmd_toy)
 
     from msflow.data.convert import FITS
@@ -180,11 +199,11 @@ def register(sub: Any) -> None:
     p.add_argument("--ood", nargs="+", required=True, metavar="NAME", help="constant, noise, shuffled or a dataset")
     p.add_argument("--codec", choices=CODECS, default="png", help="lossless codec of the complexity L(x)")
     p.add_argument("-n", "--n", type=positive_int, default=1000, help="at most this many images per set")
-    p.add_argument("--seed", type=int, default=0, help="seeds the subsets, synthetic sets and dequantization")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seeds the subsets, synthetic sets and dequantization")
     p.add_argument("--fit", choices=FITS, default="auto", help="how other datasets reach the model's size")
     p.add_argument("--root", help="folder of your data for the non-bundled datasets")
-    p.add_argument("-o", "--output", default="ood.png", help="histogram PNG")
-    p.add_argument("--json", help="also write every number (summaries and per-image values) here")
+    p.add_argument("-o", "--output", type=output_file, default="ood.png", help="histogram PNG")
+    p.add_argument("--json", type=output_file, help="also write every number (summaries and per-image values) here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_ood)
 
@@ -192,9 +211,9 @@ def register(sub: Any) -> None:
     p.add_argument("run")
     p.add_argument("--k", nargs="+", type=positive_int, help="patch sizes (default: every divisor of the side)")
     p.add_argument("-n", "--n", type=positive_int, default=1000, help="at most this many test images")
-    p.add_argument("--seed", type=int, default=0, help="seeds the subset, the permutations and dequantization")
-    p.add_argument("-o", "--output", default="patches.png")
-    p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seeds the subset, the permutations and dequantization")
+    p.add_argument("-o", "--output", type=output_file, default="patches.png")
+    p.add_argument("--json", type=output_file, help="also write the numbers here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_shuffle_patches)
 
@@ -208,11 +227,13 @@ def register(sub: Any) -> None:
         metavar="T",
         help="latent standard deviations to sample at",
     )
-    p.add_argument("-n", "--n", type=positive_int, default=1000, help="samples per temperature")
-    p.add_argument("--seed", type=int, default=0, help="seeds the latents (same for every temperature)")
-    p.add_argument("-o", "--output", default="temperature.png", help="plot and sample grids (PNG)")
-    p.add_argument("--json", help="also write the numbers here")
-    p.add_argument("--cache-dir", help="feature classifier cache (default $MSFLOW_CACHE, else ~/.cache/msflow)")
+    p.add_argument("-n", "--n", type=SAMPLES, default=1000, help="samples per temperature")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seeds the latents (same for every temperature)")
+    p.add_argument("-o", "--output", type=output_file, default="temperature.png", help="plot and sample grids (PNG)")
+    p.add_argument("--json", type=output_file, help="also write the numbers here")
+    p.add_argument(
+        "--cache-dir", type=folder_arg, help="feature classifier cache (default $MSFLOW_CACHE, else ~/.cache/msflow)"
+    )
     p.add_argument(
         "--inception",
         metavar="PATH",
@@ -224,9 +245,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, bits/dim, levels, samples")
     p.add_argument("run")
-    p.add_argument("-o", "--output", help="HTML file (default RUN/report.html)")
+    p.add_argument("-o", "--output", type=output_file, help="HTML file (default RUN/report.html)")
     p.add_argument("--temperatures", nargs="+", type=temperature_arg, default=[0.5, 0.7, 1.0], metavar="T")
-    p.add_argument("--seed", type=int, default=0, help="seeds the samples and the dequantization of the level terms")
+    p.add_argument(
+        "--seed", type=seed_arg, default=0, help="seeds the samples and the dequantization of the level terms"
+    )
     p.add_argument("--ood-json", help="output of `msflow ood --json` (default RUN/ood.json if it exists)")
     p.add_argument("--temperature-json", help="output of `msflow temperature --json` (default RUN/temperature.json)")
     p.add_argument("--tensorboard", action="store_true", help="also write the metrics to RUN/tensorboard")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import non_negative_int, positive_int, write_json
+from msflow.cli._common import learning_rate_arg, non_negative_int, output_file, positive_int, seed_arg, write_json
 from msflow.errors import ConfigError
 
 
@@ -40,8 +40,6 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
     if args.steps < 3:
         raise ConfigError(f"--steps counts both end images and must be >= 3, got {args.steps}")
-    if not 0 < args.lr < math.inf:
-        raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
     if not all(0 <= lam < math.inf for lam in args.lambdas):
         raise ConfigError(f"--lambdas must be two finite numbers >= 0, got {args.lambdas}")
     model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
@@ -82,10 +80,10 @@ def register(sub: Any) -> None:
     p.add_argument("--test-pairs", type=non_negative_int, default=0, metavar="N", help="use N random test-image pairs")
     p.add_argument("--steps", type=positive_int, default=8, help="images per path, both ends included")
     p.add_argument("--iters", type=positive_int, default=100, help="Adamax iterations")
-    p.add_argument("--lr", type=float, default=5e-2, help="Adamax learning rate")
+    p.add_argument("--lr", type=learning_rate_arg, default=5e-2, help="Adamax learning rate")
     p.add_argument("--lambdas", type=float, nargs=2, default=[0.3, 0.3], metavar=("L1", "L2"))
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the test pairs")
-    p.add_argument("-o", "--output", default="interpolation.png")
-    p.add_argument("--json", help="also write every number here")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seeds the test pairs")
+    p.add_argument("-o", "--output", type=output_file, default="interpolation.png")
+    p.add_argument("--json", type=output_file, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_interpolate)

@@ -8,7 +8,15 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import bpd_line, non_negative_int, positive_int, temperature_arg
+from msflow.cli._common import (
+    bpd_line,
+    int_range,
+    non_negative_int,
+    output_file,
+    positive_int,
+    seed_arg,
+    temperature_arg,
+)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -60,6 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SAMPLE_COUNT = int_range(1, 10_000, "a number of samples in [1, 10000]")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -94,9 +103,7 @@ def register(sub: Any) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 model.options.hidden=64")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="run folder (default runs/<config name>)")
-    p.add_argument(
-        "--seed", type=non_negative_int, help="train.seed: weights, data order, noise (CPU runs repeat bit for bit)"
-    )
+    p.add_argument("--seed", type=seed_arg, help="train.seed: weights, data order, noise (CPU runs repeat bit for bit)")
     p.add_argument(
         "--deterministic", action="store_true", help="deterministic kernels on GPU too (train.deterministic, slower)"
     )
@@ -106,7 +113,7 @@ def register(sub: Any) -> None:
     p.add_argument("run")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--batch-size", type=positive_int)
-    p.add_argument("--seed", type=int, help="seed of the dequantization draw (default: the run's train.seed)")
+    p.add_argument("--seed", type=seed_arg, help="seed of the dequantization draw (default: the run's train.seed)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="arithmetic of the evaluation")
     p.add_argument(
         "--check-images",
@@ -120,10 +127,10 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("sample", help="write a grid of samples")
     p.add_argument("run")
-    p.add_argument("-n", type=positive_int, default=64)
+    p.add_argument("-n", type=SAMPLE_COUNT, default=64, help="number of samples")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=0.7)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", default="samples.png")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("-o", "--output", type=output_file, default="samples.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_sample)
 

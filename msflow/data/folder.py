@@ -16,7 +16,10 @@ Layout rules, in order:
   channel; 16-bit greyscale is scaled to 8 bits (``round(v / 257)``); colour images
   (RGB, RGBA, palette, CMYK, ...) give three channels, alpha dropped. When both kinds are
   present the majority wins: greyscale images are repeated to RGB, and colour images are
-  accepted in a greyscale folder only if their three channels are equal.
+  accepted in a greyscale folder only if their three channels are equal. Palette images (with
+  or without transparency), CMYK and 1-bit images are converted; floating-point images are
+  refused, and so is any file whose header declares more than ``PIL.Image.MAX_IMAGE_PIXELS``
+  pixels (a decompression bomb), before its pixels are decoded.
 
 Hidden files and folders (names starting with ".") are skipped.
 """
@@ -25,7 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +88,46 @@ def _labels(base: Path, files: list[Path], classes: list[str]) -> torch.Tensor:
     return torch.tensor([index[p[0]] for p in parts], dtype=torch.int64)
 
 
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning would let a
+# decompression bomb be decoded (and print a second line on stderr), so both are errors.
+_READ_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
 def _open_error(path: Path, err: BaseException) -> DataError:
-    return DataError(f"cannot read image {path}: {err}; delete or replace the file")
+    if isinstance(err, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DataError(
+            f"image {path} is too large to read safely ({err}): expected at most "
+            f"{Image.MAX_IMAGE_PIXELS} pixels; resize it"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        return DataError(f"image {path} is an empty file (0 bytes): expected a PNG, JPEG, BMP or WEBP image")
+    return DataError(
+        f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP or WEBP image: delete or replace the file"
+    )
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses decompression bombs; errors become a :class:`DataError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except _READ_ERRORS as err:
+        raise _open_error(path, err) from None
+    with image:
+        try:
+            yield image
+        except DataError:
+            raise
+        except _READ_ERRORS as err:
+            raise _open_error(path, err) from None
+
+
+def image_header(path: Path) -> tuple[tuple[int, int], str]:
+    """``((width, height), Pillow mode)`` of an image file, from its header only (cheap)."""
+    with _open(path) as im:
+        return im.size, im.mode
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -101,19 +145,20 @@ def read_image(path: Path) -> np.ndarray:
         (4, 5, 3)
         >>> tmp.cleanup()
     """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in _SIXTEEN_BIT_MODES:
-                wide = np.asarray(im, dtype=np.float64).clip(0, 65535)
-                return np.rint(wide / 257).astype(np.uint8)[:, :, None]
-            if im.mode == "F":
-                raise ValueError("floating-point pixels are not supported")
-            if im.mode in _GREY_MODES:
-                return np.array(im.convert("L"))[:, :, None]
-            return np.array(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise _open_error(path, err) from err
+    with _open(path) as im:
+        im.load()
+        if im.mode in _SIXTEEN_BIT_MODES:
+            wide = np.asarray(im, dtype=np.float64).clip(0, 65535)
+            return np.rint(wide / 257).astype(np.uint8)[:, :, None]
+        if im.mode == "F":
+            raise DataError(f"image {path} has floating-point pixels: expected 8- or 16-bit greyscale or colour")
+        if im.mode in _GREY_MODES:
+            return np.array(im.convert("L"))[:, :, None]
+        # Palette images with transparency make Pillow warn that they should become RGBA first;
+        # alpha is dropped here anyway, so converting through RGBA keeps stderr quiet.
+        if im.mode in ("P", "PA"):
+            return np.array(im.convert("RGBA").convert("RGB"))
+        return np.array(im.convert("RGB"))
 
 
 def _common_channels(files: list[Path]) -> int:
@@ -124,12 +169,8 @@ def _common_channels(files: list[Path]) -> int:
     """
     sizes, channels = {}, Counter()
     for path in files:
-        try:
-            with Image.open(path) as im:
-                sizes[path] = im.size
-                channels[1 if im.mode in _ONE_CHANNEL_MODES else 3] += 1
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise _open_error(path, err) from err
+        sizes[path], mode = image_header(path)
+        channels[1 if mode in _ONE_CHANNEL_MODES else 3] += 1
         first = files[0]
         if sizes[path] != sizes[first]:
             (w, h), (w0, h0) = sizes[path], sizes[first]

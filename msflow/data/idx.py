@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,16 +27,26 @@ LABELS_MAGIC = 0x00000801
 _PREFIX = {"train": "train", "test": "t10k"}
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as err:
-        raise DataError(
-            f"cannot read IDX file {path}: {err}; download it again (and gunzip it or keep the .gz as it is)"
-        ) from err
+# IDX type codes (the third byte of the magic number), for messages about foreign files.
+_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+_CHUNK = 1 << 24
+
+
+def _describe(magic: int) -> str:
+    kind = _TYPES.get((magic >> 8) & 0xFF, f"unknown type 0x{(magic >> 8) & 0xFF:02X}")
+    return f"{kind}, {magic & 0xFF}-D"
+
+
+def _read_exactly(f: BinaryIO, n: int) -> bytes:
+    # In chunks, so a header that declares terabytes costs only the bytes really there.
+    chunks, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
@@ -49,8 +61,8 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
         A ``uint8`` array with the dimensions from the header.
 
     Raises:
-        DataError: a wrong magic number, a file shorter or longer than its header says,
-            or an unreadable/corrupt gzip stream.
+        DataError: a wrong magic number (type code or number of dimensions), a file shorter or
+            longer than its header says, or an unreadable/corrupt gzip stream.
 
     Example:
         >>> import tempfile, pathlib
@@ -62,22 +74,32 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
         >>> tmp.cleanup()
     """
     path = Path(path)
-    data = _read_bytes(path)
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     hint = "download it again; it must be an original MNIST-format IDX file"
-    if len(data) < header:
-        raise DataError(f"IDX file {path} is truncated ({len(data)} bytes): {hint}")
-    (found,) = struct.unpack(">I", data[:4])
-    if found != magic:
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:  # noqa: SIM115
+            head = _read_exactly(f, header)
+            if len(head) < header:
+                raise DataError(f"IDX file {path} is truncated ({len(head)} bytes, less than its header): {hint}")
+            (found,) = struct.unpack(">I", head[:4])
+            if found != magic:
+                raise DataError(
+                    f"IDX file {path} has magic number 0x{found:08X}, expected 0x{magic:08X} "
+                    f"({_describe(magic)}, not {_describe(found)}): {hint}"
+                )
+            dims = struct.unpack(f">{ndim}I", head[4:])
+            count = int(np.prod(dims, dtype=object))
+            # One byte more than the header asks for tells a too-long file from an exact one.
+            body = _read_exactly(f, count + 1)
+    except (OSError, EOFError, zlib.error) as err:
         raise DataError(
-            f"IDX file {path} has magic number 0x{found:08X}, expected 0x{magic:08X} (unsigned bytes, {ndim}-D): {hint}"
-        )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        raise DataError(f"IDX file {path} is {len(data)} bytes but its header {dims} needs {expected}: {hint}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+            f"cannot read IDX file {path}: {err}; download it again (and gunzip it or keep the .gz as it is)"
+        ) from None
+    if len(body) != count:
+        found = f"truncated ({header + len(body)} bytes)" if len(body) < count else "too long"
+        raise DataError(f"IDX file {path} is {found}: its header {dims} needs exactly {header + count} bytes; {hint}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -101,6 +123,8 @@ def _load_idx_pair(root: Path, split: str, name: str) -> ImageDataset:
     labels_path = _find(root, f"{prefix}-labels-idx1-ubyte")
     images = read_idx(images_path, IMAGES_MAGIC)
     labels = read_idx(labels_path, LABELS_MAGIC)
+    if 0 in images.shape:
+        raise DataError(f"{images_path} holds no pixels (its header says {images.shape}): download it again")
     if len(images) != len(labels):
         raise DataError(
             f"{images_path} holds {len(images)} images but {labels_path} holds "

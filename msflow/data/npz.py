@@ -8,9 +8,11 @@ Arrays are read with ``allow_pickle=False``: a file that needs pickling is rejec
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,14 @@ def _member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
         if version != (1, 0):
             read = np.lib.format.read_array_header_2_0
         shape, _, dtype = read(f)
+        # A header may claim any shape; the member's size must agree before that shape is
+        # allocated (object arrays have no fixed size: they are refused by dtype later).
+        needed = f.tell() + math.prod(shape) * dtype.itemsize
+        if not dtype.hasobject and zf.getinfo(f"{key}.npy").file_size != needed:
+            raise DataError(
+                f"{path}: '{key}' declares {dtype} {shape}, which needs {needed} bytes, but holds "
+                f"{zf.getinfo(f'{key}.npy').file_size}: the file is corrupt"
+            )
     return shape, dtype
 
 
@@ -43,7 +53,9 @@ def _check_file(path: Path, size: int) -> int:
         with zipfile.ZipFile(path) as zf:
             keys = {name.removesuffix(".npy") for name in zf.namelist()}
         headers = {key: _member_header(path, key) for key in ("data", "labels") if key in keys}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}; {hint}") from err
     if len(headers) < 2:
         raise DataError(f"{path} has arrays {sorted(keys)}, expected 'data' and 'labels': {hint}")
@@ -60,6 +72,8 @@ def _check_file(path: Path, size: int) -> int:
         raise DataError(
             f"{path}: 'labels' is {labels_dtype} {labels_shape}, expected integers ({data_shape[0]},): {hint}"
         )
+    if data_shape[0] == 0:
+        raise DataError(f"{path} holds no images ('data' is {data_shape}): {hint}")
     return data_shape[0]
 
 
@@ -85,7 +99,7 @@ def _read_into(path: Path, images: torch.Tensor, labels: torch.Tensor, size: int
     try:
         with np.load(path, allow_pickle=False) as arrays:
             x, y = arrays["data"], arrays["labels"].astype(np.int64)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}; {hint}") from err
     if len(y) and (y.min() < 1 or y.max() > 1000):
         raise DataError(f"{path}: labels span {y.min()}..{y.max()}, expected 1..1000 (1-based): {hint}")

@@ -22,6 +22,10 @@ StepFactory = Callable[[int, int], Sequence[InvertibleModule]]
 
 def check_squeezable(image_shape: Shape, num_levels: int) -> None:
     """Raise a :class:`ShapeError` that says how to fix a size the levels cannot squeeze."""
+    if len(image_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in image_shape):
+        raise ShapeError(f"image_shape must be three positive integers (C, H, W), got {list(image_shape)}")
+    if num_levels < 1:
+        raise ShapeError(f"a multi-scale flow needs at least 1 level, got {num_levels}")
     _, h, w = image_shape
     side = 2**num_levels
     if h % side == 0 and w % side == 0:

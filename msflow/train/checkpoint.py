@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from msflow._io import atomic_write
 from msflow.errors import CheckpointError
+from msflow.train.checkpoint_checks import check_meta, check_optimizer_state, check_tensors, check_weights
 
 FORMAT = "msflow-checkpoint-1"
 
@@ -36,16 +37,23 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tenso
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Inverse of :func:`optimizer_tensors`."""
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any], source: str = "the checkpoint"
+) -> None:
+    """Inverse of :func:`optimizer_tensors`.
+
+    Raises:
+        CheckpointError: the saved state does not fit ``optimizer`` (``source`` names the file).
+    """
+    check_meta({"optimizer": meta}, source)
     state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim/"):
-            _, idx, key = name.split("/", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for name, value in meta["scalars"].items():
-        idx, key = name.split("/", 1)
+    entries = [(k.removeprefix("optim/"), v) for k, v in tensors.items() if k.startswith("optim/")]
+    for name, value in [*entries, *meta["scalars"].items()]:
+        idx, _, key = name.partition("/")
+        if not (idx.isascii() and idx.isdigit() and key):
+            raise CheckpointError(f"{source} has optimizer entry {name!r}, expected PARAMETER_INDEX/NAME")
         state.setdefault(int(idx), {})[key] = value
+    check_optimizer_state(optimizer, state, meta["param_groups"], source)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -63,7 +71,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``.
 
     Raises:
-        CheckpointError: the file is missing, not safetensors (a pickle, say), or not msflow's.
+        CheckpointError: the file is missing, not safetensors (a pickle, say), not msflow's, or
+            holds metadata or tensors msflow never writes (see :mod:`msflow.train.checkpoint_checks`).
     """
     path = Path(path)
     if not path.is_file():
@@ -84,8 +93,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         raise CheckpointError(f"{path} is a safetensors file but not an msflow checkpoint (no {FORMAT!r} metadata)")
     try:
         meta = json.loads(header["meta"])
-    except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} has corrupt msflow metadata; use an earlier checkpoint") from None
+    except (KeyError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path} has corrupt msflow metadata (not JSON); use an earlier checkpoint") from None
+    check_meta(meta, str(path))
+    check_tensors(tensors, str(path))
     return tensors, meta
 
 
@@ -96,7 +107,8 @@ def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str) -> None:
-    """Load a state dict, turning key or shape mismatches into a :class:`CheckpointError`."""
+    """Load a state dict, turning key, shape or dtype mismatches and non-finite values into a
+    :class:`CheckpointError`."""
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -107,4 +119,5 @@ def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str) -> N
             f"{source} was written for a different model ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(wrong)} mis-shaped tensors, e.g. {detail!r}); use the model and options it was trained with"
         )
+    check_weights(own, weights, source)
     model.load_state_dict(weights)

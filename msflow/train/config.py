@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -72,12 +73,14 @@ class OptimConfig:
 class TrainConfig:
     """Loop length, batch sizes, logging and checkpoint cadence, device and precision.
 
-    ``max_seconds`` (0: none) stops training at the first step past that much wall-clock time,
-    counted over every resume, then evaluates as usual: runs compared "at an equal CPU budget"
-    use it. A time-limited run is not bit-for-bit repeatable (where it stops depends on speed)."""
+    ``max_seconds`` (0: none) stops training at the first step past that much time, counted
+    over every resume, then evaluates as usual. ``budget_clock`` says which time: ``wall`` or
+    ``cpu`` (the process's CPU seconds, all threads: fair between runs sharing a machine).
+    A time-limited run is not bit-for-bit repeatable (where it stops depends on speed)."""
 
     steps: int = 2000
     max_seconds: float = 0.0
+    budget_clock: str = "wall"
     batch_size: int = 64
     eval_batch_size: int = 500
     eval_every: int = 500
@@ -137,6 +140,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("optim", "max_rollbacks"): _COUNT,
     ("train", "steps"): _POSITIVE,
     ("train", "max_seconds"): ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means no limit)"),
+    ("train", "budget_clock"): _one_of("wall", "cpu"),
     ("train", "batch_size"): _POSITIVE,
     ("train", "eval_batch_size"): _POSITIVE,
     ("train", "eval_every"): _COUNT,
@@ -144,7 +148,9 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "log_every"): _COUNT,
     ("train", "sample_every"): _COUNT,
     ("train", "logdet_every"): _COUNT,
-    ("train", "num_samples"): _COUNT,
+    ("train", "num_samples"): ((lambda v: 0 <= v <= 10_000), "an integer in [0, 10000] (0 means no sample grids)"),
+    ("train", "seed"): ((lambda v: 0 <= v < 2**32), "an integer in [0, 2**32)"),
+    ("data", "pad_to"): ((lambda v: v is None or 0 < v <= 4096), "null or an image side in [1, 4096]"),
     ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
     ("train", "device"): _one_of("auto", "cpu", "cuda"),
     ("train", "precision"): _one_of("float32", "bf16-mixed"),
@@ -163,11 +169,19 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a list of numbers, got {value!r}")
         try:
             return tuple(inner(v) for v in value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a list of numbers, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{where} must be a list of numbers, got {_show(value)}") from None
     if typ.startswith("dict"):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping, got {_show(value)}")
+        try:
+            # The resolved config is stored as JSON in every checkpoint: refuse now what
+            # would fail there (YAML dates, binary, self-referencing aliases).
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise ConfigError(
+                f"{where} must hold only finite numbers, text, booleans, lists and mappings, got {_show(value)}"
+            ) from None
         return dict(value)
     base = typ.split("|")[0].strip()
     if base == "float" and isinstance(value, str):
@@ -178,15 +192,27 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             pass
     checks = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
     if isinstance(value, bool) and base != "bool" or not isinstance(value, checks[base]):
-        raise ConfigError(f"{where} must be of type {base}, got {value!r}")
+        raise ConfigError(f"{where} must be of type {base}, got {_show(value)}")
+    # Integers reach torch (sizes, seeds) as 64-bit values, and floats cannot hold every int.
+    if base == "int" and not -(2**63) <= value < 2**63:
+        raise ConfigError(f"{where} must be an integer of at most 64 bits, got {_show(value)}")
+    if base == "float" and isinstance(value, int) and not abs(value) < 2**1023:
+        raise ConfigError(f"{where} must be a finite number, got {_show(value)}")
+    if base == "str" and "\0" in value:
+        raise ConfigError(f"{where} must be text without NUL characters, got {_show(value)}")
     return float(value) if base == "float" else value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'the config'} must be a mapping, got {values!r}")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(str(k) for k in set(values) - set(known))  # YAML keys may be numbers or null
     if unknown:
         prefix = f"{where}." if where else ""
         bad, valid = (", ".join(prefix + k for k in keys) for keys in (unknown, known))
@@ -200,7 +226,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     for name, value in kwargs.items():
         check, valid = _RULES.get((where, name), (lambda v: True, ""))
         if not check(value):
-            raise ConfigError(f"{where}.{name} must be {valid}, got {value!r}")
+            raise ConfigError(f"{where}.{name} must be {valid}, got {_show(value)}")
     return obj
 
 
@@ -234,11 +260,16 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path} is not valid YAML: it is not UTF-8 text") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not a usable config: it is nested too deeply") from None
     if not isinstance(values, dict):
         kind = type(values).__name__
         raise ConfigError(f"{path} must hold a mapping of sections (data, model, optim, train), not a {kind}")
     values.setdefault("name", path.stem)
-    return config_from_dict(values)
+    try:
+        return config_from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -261,6 +292,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
         dotted, raw = item.split("=", 1)
         keys = dotted.strip().lstrip("-").split(".")
+        if not all(keys):
+            raise ConfigError(f"override {item!r} has an empty key: it must look like section.key=value")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:

@@ -39,6 +39,7 @@ from msflow.train.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, config_to_dict
 from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
@@ -133,7 +134,7 @@ class _Guard:
     bad_in_a_row: int = 0
     lr_scale: float = 1.0
     rollbacks: int = 0
-    train_seconds: float = 0.0  # wall-clock seconds of training so far, over every resume
+    train_seconds: float = 0.0  # seconds of training so far on train.budget_clock, over every resume
 
 
 def _meta(cfg: Config, model: nn.Module, step: int, guard: _Guard, optim_meta: dict, results: dict | None) -> dict:
@@ -157,6 +158,7 @@ def _resume(
 ) -> tuple[int, _Guard]:
     """Restore the run's state from ``path``; returns ``(step, guard counters)``."""
     tensors, meta = load_checkpoint(path)
+    require(tensors, meta, ("config", "optimizer", "step", "rng/noise", "rng/torch"), str(path))
     saved = meta["config"]
     mine = config_to_dict(cfg)
     # What must match for the saved state to mean the same thing in this run.
@@ -176,7 +178,7 @@ def _resume(
             ema.load_state_dict(saved_ema)
         else:
             ema.reset(model)
-    restore_optimizer(opt, tensors, meta["optimizer"])
+    restore_optimizer(opt, tensors, meta["optimizer"], str(path))
     # The config is the source of truth: hyperparameters changed for the resumed run apply.
     for group in opt.param_groups:
         group.update(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
@@ -224,10 +226,11 @@ def train(cfg: Config) -> dict[str, Any]:
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
     step, guard = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, _Guard())
-    started, spent_before = time.perf_counter(), guard.train_seconds
+    clock_fn = time.process_time if t.budget_clock == "cpu" else time.perf_counter
+    started, spent_before = clock_fn(), guard.train_seconds
 
     def spent() -> float:
-        return spent_before + time.perf_counter() - started
+        return spent_before + clock_fn() - started
 
     for folder in (run_dir, run_dir / "samples"):
         remove_stale_temp_files(folder)

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from msflow.errors import CheckpointError
+from msflow.errors import CheckpointError, MsflowError
 from msflow.models import create_model
 from msflow.train.checkpoint import load_checkpoint, load_weights, prefixed
+from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, config_from_dict
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -28,6 +29,23 @@ def checkpoint_path(run: str | Path) -> Path:
     )
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else f"{text[:117]}..."
+
+
+def _build(path: Path, name: str, overrides: dict[str, Any]) -> nn.Module:
+    # The stored spec is user input like the rest of the file: options that no model takes
+    # (a string where a size belongs, a size no memory holds) must end as one clear error.
+    try:
+        return create_model(name, **overrides)
+    except (MsflowError, TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:
+        raise CheckpointError(
+            f"{path} stores model {name!r} with options {_short(overrides)}, which cannot be built "
+            f"({str(err).splitlines()[0][:160]}); it is corrupt or from another msflow version"
+        ) from None
+
+
 def load_run(
     run: str | Path, device: torch.device | str = "cpu", ema: bool = True
 ) -> tuple[nn.Module, Config, dict[str, Any]]:
@@ -38,6 +56,7 @@ def load_run(
     """
     path = checkpoint_path(run)
     tensors, meta = load_checkpoint(path)
+    require(tensors, meta, ("config", "model_spec"), str(path))
     try:
         cfg = config_from_dict(meta["config"])
         name, overrides = meta["model_spec"]["name"], dict(meta["model_spec"]["overrides"])
@@ -45,7 +64,13 @@ def load_run(
         raise CheckpointError(
             f"{path} has an unreadable stored config ({err}); it was not written by this msflow version"
         ) from None
-    model = create_model(name, **overrides)
+    # Training stores the spec of the model it built from config.model: a file where they differ was edited.
+    if (name, overrides) != (cfg.model.name, cfg.model.options):
+        raise CheckpointError(
+            f"{path} has model_spec {name!r} {_short(overrides)}, but its stored config has model "
+            f"{cfg.model.name!r} {_short(cfg.model.options)}: expected the same; the file was altered"
+        )
+    model = _build(path, name, overrides)
     weights = (
         prefixed(tensors, "ema") if ema and any(k.startswith("ema/") for k in tensors) else prefixed(tensors, "model")
     )
