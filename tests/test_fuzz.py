@@ -3,9 +3,9 @@
 Every case must end in one of two ways. Input that turns out valid (a corruption that missed, a
 16-bit or palette image) must give the correct result. Anything else must give one clear error
 that names the file or argument and what was expected: a :class:`MsflowError` from the
-library, and from ``msflow`` exit code 2 with one ``msflow CMD: error:`` line on stderr (after
-argparse's usage lines for argument errors), no traceback, and every file the user had left
-as it was. Pickles carry code that would create a marker file: loading never unpickles.
+library, and from ``msflow`` exit code 2 with one ``msflow CMD: error:`` line on stderr
+(argument errors included), no traceback, and every file the user had left as it was.
+Pickles carry code that would create a marker file: loading never unpickles.
 
 The bulk of the cases call the library in-process; a representative subset goes through
 ``msflow.cli.main`` in-process. The case loops live in ``tests/fuzz/``; the number of cases per

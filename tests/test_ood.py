@@ -43,7 +43,7 @@ def call_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str,
 
 def one_error_line(rc: int, err: str, command: str) -> str:
     assert "Traceback" not in err and rc == 2, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"msflow {command}: error: "), err
     return lines[0]
 

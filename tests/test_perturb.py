@@ -168,7 +168,7 @@ def call_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str,
 def assert_user_error(rc: int, err: str, *needles: str) -> None:
     assert "Traceback" not in err, err
     assert rc == 2, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("msflow perturb: error: "), err
     for needle in needles:
         assert needle in lines[0], err

@@ -53,7 +53,7 @@ def call_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str,
 
 def one_error_line(rc: int, err: str, *needles: str) -> str:
     assert "Traceback" not in err and rc == 2, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("msflow temperature: error: "), err
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"

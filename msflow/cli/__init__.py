@@ -11,14 +11,22 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from msflow.cli import analysis_cmds, model_cmds, run_cmds
 from msflow.errors import MsflowError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with argument errors on one line, like every other msflow error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``msflow`` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="msflow", description="Multi-scale normalizing flows on images.")
+    parser = _Parser(prog="msflow", description="Multi-scale normalizing flows on images.")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (run_cmds, analysis_cmds, model_cmds):
         group.register(sub)
@@ -42,9 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # parse_known_args, because argparse cannot take positional overrides after an option
     # (`msflow train CFG --out D k=v`): the leftovers are the train command's overrides.
-    args, extra = parser.parse_known_args(_split_dashed_overrides(sys.argv[1:] if argv is None else argv))
-    if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(_split_dashed_overrides(sys.argv[1:] if argv is None else argv))
+        if extra and (args.command != "train" or any("=" not in e or e.startswith("-") for e in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as done:  # --help (0) or an argument error (2): a code, as for every other outcome
+        return done.code if isinstance(done.code, int) else 0
     if extra:
         args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], None] = args.func
