@@ -23,8 +23,9 @@ from torch import Tensor
 
 from msflow.core import FlowSequential, Inverse, InvertibleModule
 from msflow.errors import DataError, ShapeError
-from msflow.nn import conv_subnet, resnet_subnet
+from msflow.nn import ConvVectorField, conv_subnet, resnet_subnet
 from msflow.transforms import (
+    CNF,
     ActNorm,
     AdditiveCoupling,
     Affine,
@@ -32,14 +33,19 @@ from msflow.transforms import (
     ChannelPermutation,
     DualAffineCoupling,
     GaussianSplitPrior,
+    HaarPyramid,
     InvConv1x1,
     Logit,
     MARSplitPrior,
     MixLogCDFCoupling,
+    ODESolverConfig,
+    OrthogonalPyramid,
     RQActivation,
+    SolverSettings,
     Squeeze,
     StridedInvConv,
     UniformDequantize,
+    UnimodularPyramid,
 )
 
 B = 3
@@ -49,6 +55,14 @@ F64 = torch.float64
 
 def subnet() -> Callable:
     return conv_subnet(hidden=8)
+
+
+def exact_cnf(cond_channels: int = 0) -> CNF:
+    """A CNF with an exact trace on a fixed RK4 grid: the map is then a fixed function of each
+    sample (no batch-wide adaptive step), invertible and with its log-det to ~1e-13."""
+    field = ConvVectorField(2, hidden=(8, 8), cond_channels=cond_channels)
+    solver = ODESolverConfig.both(SolverSettings("rk4", step_size=1 / 16))
+    return CNF(field, 0.5, divergence="exact", solver=solver, adjoint=False)
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,12 @@ CASES = [
             MARSplitPrior(4, keep=2, hidden=4, embed_hidden=4),
         ),
     ),
+    Case("pyramid-unimodular", lambda: UnimodularPyramid()),
+    Case("pyramid-haar", lambda: HaarPyramid()),
+    Case("pyramid-orthogonal", lambda: OrthogonalPyramid()),
+    Case("inverse-pyramid-haar", lambda: Inverse(HaarPyramid()), in_shape=(8, 2, 3)),
+    Case("cnf-exact-rk4", lambda: exact_cnf(), in_shape=(2, 2, 3)),
+    Case("cnf-exact-rk4-cond", lambda: exact_cnf(COND_CHANNELS), in_shape=(2, 2, 3), cond_channels=COND_CHANNELS),
 ]
 CONDITIONAL = [c for c in CASES if c.conditional]
 UNCONDITIONAL = [c for c in CASES if not c.conditional]

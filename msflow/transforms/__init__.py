@@ -1,19 +1,30 @@
 """Invertible blocks, one concept per file; each follows :class:`msflow.core.InvertibleModule`."""
 
 from msflow.transforms.actnorm import ActNorm
+from msflow.transforms.cnf import CNF, skip_logdets
 from msflow.transforms.conv1x1 import InvConv1x1, StridedInvConv
 from msflow.transforms.coupling import COUPLINGS, AdditiveCoupling, AffineCoupling
 from msflow.transforms.dual_coupling import DualAffineCoupling
 from msflow.transforms.mar_prior import MARSplitPrior
 from msflow.transforms.mixlogcdf import MixLogCDFCoupling
+from msflow.transforms.ode_solver import ODESolverConfig, SolverError, SolverSettings
 from msflow.transforms.permute import ChannelPermutation
 from msflow.transforms.preprocess import Affine, Logit, UniformDequantize
-from msflow.transforms.reshape import Squeeze
+from msflow.transforms.reshape import (
+    PYRAMIDS,
+    HaarPyramid,
+    OrthogonalPyramid,
+    PyramidMap,
+    Squeeze,
+    UnimodularPyramid,
+)
 from msflow.transforms.spline import RQActivation
 from msflow.transforms.split import GaussianSplitPrior
 
 __all__ = [
+    "CNF",
     "COUPLINGS",
+    "PYRAMIDS",
     "ActNorm",
     "AdditiveCoupling",
     "Affine",
@@ -21,12 +32,20 @@ __all__ = [
     "ChannelPermutation",
     "DualAffineCoupling",
     "GaussianSplitPrior",
+    "HaarPyramid",
     "InvConv1x1",
     "Logit",
     "MARSplitPrior",
     "MixLogCDFCoupling",
+    "ODESolverConfig",
+    "OrthogonalPyramid",
+    "PyramidMap",
     "RQActivation",
+    "SolverError",
+    "SolverSettings",
     "Squeeze",
     "StridedInvConv",
     "UniformDequantize",
+    "UnimodularPyramid",
+    "skip_logdets",
 ]
