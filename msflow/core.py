@@ -27,7 +27,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -210,3 +213,24 @@ __all__ = [
     "sum_except_batch",
     "zero_logdet",
 ]
+
+
+T = TypeVar("T")
+
+
+def evaluation_context(model: nn.Module) -> AbstractContextManager:
+    """``torch.inference_mode()`` for evaluating ``model``, or ``torch.no_grad()`` when its
+    density needs autograd inside (a continuous flow's trace is a vector-Jacobian product,
+    which inference tensors cannot take part in)."""
+    return torch.no_grad() if getattr(model, "density_needs_autograd", False) else torch.inference_mode()
+
+
+def evaluates(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: run ``fn(model, ...)`` under :func:`evaluation_context` of its first argument."""
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> T:
+        with evaluation_context(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper

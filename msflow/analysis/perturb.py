@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from msflow.core import evaluates
 from msflow.models.multiscale import MultiScaleFlow
 
 
@@ -43,7 +44,7 @@ def mix_levels(zs: Sequence[Tensor], noise: Sequence[Tensor], k: int) -> tuple[l
     return [*zs[:k], *noise[k:]], [*noise[:k], *zs[k:]]
 
 
-@torch.inference_mode()
+@evaluates
 def perturb_levels(
     model: MultiScaleFlow,
     x: Tensor,

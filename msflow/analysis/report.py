@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from msflow._io import atomic_write
+from msflow.core import evaluation_context
 from msflow.errors import MsflowError
 from msflow.viz import image_grid
 
@@ -254,7 +255,7 @@ def build_report(
         parts.append(_section("levels", "Per-level terms", f"<p>{escape(note)}</p>" + table))
     grids = []
     for t in temperatures:
-        with torch.inference_mode():
+        with evaluation_context(model):
             images = model.sample(n_samples, temperature=t, generator=torch.Generator().manual_seed(seed))
         img = _img(grid_png(images, max(1, 96 // images.shape[-1])), f"samples T={t}")
         grids.append(f"<figure>{img}<figcaption>{escape(f'T = {t:g}, seed {seed}')}</figcaption></figure>")

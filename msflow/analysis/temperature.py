@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from msflow._io import atomic_write
 from msflow.analysis.features import classifier_features, load_or_train_classifier
+from msflow.core import evaluates
 from msflow.data import ImageDataset
 from msflow.errors import MsflowError, ShapeError
 from msflow.metrics.frechet import fit_gaussian, gaussian_frechet_distance
@@ -58,7 +59,7 @@ def metric_name(dataset: str) -> str:
     return f"Frechet classifier distance (FCD, msflow's {_PRETTY.get(dataset, dataset)} classifier)"
 
 
-@torch.inference_mode()
+@evaluates
 def sample_images(
     model: nn.Module, n: int, temperature: float, seed: int = 0, batch_size: int = 500, progress: bool = False
 ) -> Tensor:

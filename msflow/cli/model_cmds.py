@@ -1,4 +1,4 @@
-"""``msflow interpolate``: commands of one model family's paper (mAR-SCF here)."""
+"""``msflow interpolate | superres | assemble``: commands of one model family (mAR-SCF, MRCNF)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import learning_rate_arg, non_negative_int, output_file, positive_int, seed_arg, write_json
+from msflow.cli._common import (
+    folder_arg,
+    int_range,
+    learning_rate_arg,
+    non_negative_int,
+    output_file,
+    positive_int,
+    seed_arg,
+    temperature_arg,
+    write_json,
+)
+from msflow.core import evaluation_context
 from msflow.errors import ConfigError
 
 
@@ -70,6 +81,51 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         write_json(args.json, {"run": str(args.run), "steps": args.steps, "iters": args.iters, "pairs": rows})
 
 
+def cmd_superres(args: argparse.Namespace) -> None:
+    from msflow.analysis import load_image
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
+    from msflow.viz import save_grid
+
+    model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    if not hasattr(model, "superres"):
+        kind = type(model).__name__
+        raise ConfigError(f"{args.run} holds a {kind}; superres needs a multi-resolution model (mrcnf-*)")
+    levels = {2: 1, 4: 2}[args.scale]
+    c, h, w = model.image_shape
+    x = load_image(args.image, (c, h // args.scale, w // args.scale))
+    generator = torch.Generator().manual_seed(args.seed)
+    coarse = x[None].to(next(model.parameters()).device)
+    with evaluation_context(model):
+        images = model.superres(coarse, levels, args.temperature, args.n, generator)
+    big = x.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2)[None].to(images.device)
+    path = save_grid(torch.cat([big, images]), args.output, scale=max(1, 96 // w))
+    print(f"wrote {args.image} ({h // args.scale}x{w // args.scale}, enlarged) and {args.n} x{args.scale} samples")
+    print(f"  at temperature {args.temperature} to {path}; every {args.scale}x{args.scale} block of a sample")
+    print("  averages to its input pixel before quantization")
+
+
+def cmd_assemble(args: argparse.Namespace) -> None:
+    from msflow.train.assemble import assemble
+    from msflow.train.evaluate import evaluate, resolve_device
+    from msflow.train.loop import load_data
+    from msflow.train.objective import bpd_score
+    from msflow.train.run import load_run
+
+    path = assemble(args.runs, args.out)
+    model, cfg, _ = load_run(args.out, resolve_device(args.device or "auto"))
+    test = load_data(cfg, "test")
+    seed = cfg.train.seed
+    total = evaluate(model, test, cfg.train.eval_batch_size, seed=seed)
+    print(f"assembled {len(args.runs)} levels into {path}")
+    dims, parts = model.level_dims(), 0.0
+    for s in range(model.num_resolutions):
+        level = evaluate(model, test, cfg.train.eval_batch_size, seed=seed, score=bpd_score(s))
+        parts += level["bpd"] * dims[s] / model.num_dims
+        print(f"  level {s}: {level['bpd']:.6f} bits/dim over its {dims[s]} dimensions")
+    print(f"test bits/dim: {total['bpd']:.6f} +- {total['bpd_stderr']:.6f}; sum of the level terms: {parts:.6f}")
+
+
 def register(sub: Any) -> None:
     """Add this module's subcommands to ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
@@ -87,3 +143,20 @@ def register(sub: Any) -> None:
     p.add_argument("--json", type=output_file, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("superres", help="x2 or x4 super-resolution with a multi-resolution model (MRCNF, Fig. 3)")
+    p.add_argument("run")
+    p.add_argument("image", help="a low-resolution image: the model's size divided by --scale")
+    p.add_argument("--scale", type=int, choices=[2, 4], default=2)
+    p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0)
+    p.add_argument("-n", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=8)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("-o", "--output", type=output_file, default="superres.png")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_superres)
+
+    p = sub.add_parser("assemble", help="put levels trained separately (train.level=s) into one MRCNF run")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="one run folder per level")
+    p.add_argument("--out", type=folder_arg, required=True, help="the new run folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_assemble)

@@ -17,6 +17,7 @@ from msflow.cli._common import (
     seed_arg,
     temperature_arg,
 )
+from msflow.core import evaluation_context
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -78,7 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
     generator = torch.Generator().manual_seed(args.seed)
-    with torch.inference_mode():
+    with evaluation_context(model):
         images = model.sample(args.n, temperature=args.temperature, generator=generator)
     path = save_grid(images, args.output, scale=max(1, 96 // images.shape[-1]))
     print(f"wrote {args.n} samples at temperature {args.temperature} to {path}")

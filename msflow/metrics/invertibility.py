@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from msflow.core import evaluates
 from msflow.data import ImageDataset
 
 #: Above this (a quarter of one 8-bit level) reconstruction could change a pixel's value.
 WARN_ABOVE = 1e-3
 
 
-@torch.inference_mode()
+@evaluates
 def reconstruction_errors(
     model: nn.Module, dataset: ImageDataset, batch_size: int = 500, seed: int = 0, max_images: int | None = None
 ) -> Tensor:

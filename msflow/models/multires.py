@@ -355,6 +355,11 @@ class MultiResolutionFlow(nn.Module):
         for block in cnf_blocks(self):
             block.last_regularizers = {}
 
+    @property
+    def density_needs_autograd(self) -> bool:
+        """True with CNF levels: their trace needs autograd, so evaluate under no_grad, not inference_mode."""
+        return bool(cnf_blocks(self))
+
     def regularization_loss(self) -> Tensor | float:
         """RNODE loss of the last density evaluation: ``sum`` over CNF blocks of ``sum_k w_k mean(r_k)``.
 

@@ -92,6 +92,7 @@ class TrainConfig:
     temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
     seed: int = 0
     deterministic: bool = False
+    level: int | None = None
     device: str = "auto"
     precision: str = "float32"
     gradient_checkpointing: bool = False
@@ -141,6 +142,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "steps"): _POSITIVE,
     ("train", "max_seconds"): ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means no limit)"),
     ("train", "budget_clock"): _one_of("wall", "cpu"),
+    ("train", "level"): ((lambda v: v is None or 0 <= v < 16), "null (all levels) or a level index in [0, 16)"),
     ("train", "batch_size"): _POSITIVE,
     ("train", "eval_batch_size"): _POSITIVE,
     ("train", "eval_every"): _COUNT,

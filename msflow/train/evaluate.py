@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from msflow.core import evaluates
 from msflow.data import ImageDataset
 from msflow.metrics.bpd import mean_and_stderr
 from msflow.viz import save_grid
@@ -25,19 +26,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@torch.inference_mode()
+@evaluates
 def dataset_bits_per_dim(
     model: nn.Module,
     dataset: ImageDataset,
     batch_size: int = 500,
     seed: int = 0,
     progress: bool = False,
+    score: Callable[[nn.Module, Tensor, torch.Generator], Tensor] | None = None,
 ) -> Tensor:
     """Per-image bits/dim of a whole dataset with one seeded uniform dequantization draw.
 
     The noise comes from a CPU generator seeded with ``seed`` and the batches are taken in
     order, so the same weights give the same numbers on every call (and on CPU and CUDA up to
-    floating-point summation order).
+    floating-point summation order). ``score(model, x, generator)`` replaces the model's
+    ``bits_per_dim`` (e.g. one level's bits/dim of a multi-resolution model).
     """
     was_training = model.training
     model.eval()
@@ -47,21 +50,27 @@ def dataset_bits_per_dim(
     batches = range(0, len(dataset), batch_size)
     for start in tqdm(batches, desc="eval", leave=False, disable=not progress):
         x = dataset.images[start : start + batch_size].to(device)
-        out.append(model.bits_per_dim(x, generator=generator).to(torch.float64).cpu())
+        values = model.bits_per_dim(x, generator=generator) if score is None else score(model, x, generator)
+        out.append(values.to(torch.float64).cpu())
     model.train(was_training)
     return torch.cat(out)
 
 
 def evaluate(
-    model: nn.Module, dataset: ImageDataset, batch_size: int = 500, seed: int = 0, progress: bool = False
+    model: nn.Module,
+    dataset: ImageDataset,
+    batch_size: int = 500,
+    seed: int = 0,
+    progress: bool = False,
+    score: Callable[[nn.Module, Tensor, torch.Generator], Tensor] | None = None,
 ) -> dict[str, float]:
     """Test bits/dim as ``{"bpd": mean, "bpd_stderr": standard error, "n": images}``."""
-    values = dataset_bits_per_dim(model, dataset, batch_size, seed, progress=progress)
+    values = dataset_bits_per_dim(model, dataset, batch_size, seed, progress=progress, score=score)
     mean, stderr = mean_and_stderr(values)
     return {"bpd": mean, "bpd_stderr": stderr, "n": len(values)}
 
 
-@torch.inference_mode()
+@evaluates
 def sample_grids(
     model: nn.Module, out_dir: Path, n: int, temperatures: Sequence[float], seed: int, tag: str
 ) -> list[Path]:

@@ -45,6 +45,7 @@ from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
 from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
+from msflow.train.objective import bpd_score, check_level, function_evaluations, regularization
 from msflow.train.run import CHECKPOINT
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
@@ -217,6 +218,8 @@ def train(cfg: Config) -> dict[str, Any]:
     train_set, test_set = load_data(cfg, "train"), load_data(cfg, "test")
     model = build_model(cfg, device)
     check_compatible(model, train_set, cfg)
+    check_level(model, t.level)
+    score = bpd_score(t.level)
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
         raise ShapeError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images; lower it")
@@ -261,7 +264,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     def eval_now() -> dict[str, float]:
         with ema.applied(model) if ema else nullcontext():
-            return evaluate(model, test_set, t.eval_batch_size, seed=t.seed)
+            return evaluate(model, test_set, t.eval_batch_size, seed=t.seed, score=score)
 
     if step == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,8 +280,10 @@ def train(cfg: Config) -> dict[str, Any]:
         lr = learning_rate(cfg, step) * guard.lr_scale
         for group in opt.param_groups:
             group["lr"] = lr
+        nfe_before = function_evaluations(model)
         with subnet_precision(t.precision):
-            loss = model.bits_per_dim(x, generator=noise).mean()
+            bpd = score(model, x, noise).mean()
+            loss = bpd + regularization(model)
         opt.zero_grad(set_to_none=True)
         grad_norm = torch.tensor(float("nan"))
         if torch.isfinite(loss):
@@ -301,16 +306,11 @@ def train(cfg: Config) -> dict[str, Any]:
         bar.update(1)
         if _every(step, t.log_every) or step == t.steps:
             elapsed = time.perf_counter() - clock
-            log.write(
-                {
-                    "step": step,
-                    "loss_bpd": loss.item(),
-                    "lr": lr,
-                    "grad_norm": grad_norm.item(),
-                    "img_per_s": seen / elapsed,
-                }
-            )
-            bar.set_postfix(bpd=f"{loss.item():.3f}")
+            record = {"step": step, "loss_bpd": bpd.item(), "lr": lr, "grad_norm": grad_norm.item()}
+            if nfe_before is not None:  # a continuous flow: its regularizer and solver work
+                record.update(reg=(loss - bpd).item(), nfe=function_evaluations(model) - nfe_before)
+            log.write({**record, "img_per_s": seen / elapsed})
+            bar.set_postfix(bpd=f"{bpd.item():.3f}")
             seen, clock = 0, time.perf_counter()
         due = _every(step, t.checkpoint_every) or step == t.steps
         bad = _non_finite(state()[0]) if due else None
