@@ -99,7 +99,7 @@ def cmd_superres(args: argparse.Namespace) -> None:
     with evaluation_context(model):
         images = model.superres(coarse, levels, args.temperature, args.n, generator)
     big = x.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2)[None].to(images.device)
-    path = save_grid(torch.cat([big, images]), args.output, scale=max(1, 96 // w))
+    path = save_grid(torch.cat([big, images]), args.output, nrow=args.n + 1, scale=max(1, 96 // w))
     print(f"wrote {args.image} ({h // args.scale}x{w // args.scale}, enlarged) and {args.n} x{args.scale} samples")
     print(f"  at temperature {args.temperature} to {path}; every {args.scale}x{args.scale} block of a sample")
     print("  averages to its input pixel before quantization")

@@ -1,0 +1,121 @@
+"""MRCNF through the training loop and the command line: one level per run, `msflow assemble`,
+`msflow superres`, `msflow eval` of a continuous flow, and RNODE/NFE logging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import TINY
+
+from msflow.cli import main
+from msflow.data import get_dataset
+from msflow.train.checkpoint import load_checkpoint
+from msflow.train.loop import build_model
+from msflow.train.run import CHECKPOINT, load_run
+from runs import read_metrics
+
+FAST_SOLVER = "{train: {method: rk4, step_size: 0.5}, eval: {method: rk4, step_size: 0.25}}"
+OPTIONS = f"model.options={{image_shape: [1, 8, 8], resolutions: 2, steps: 1, hidden: 8, solver: {FAST_SOLVER}}}"
+MRCNF = ["mnist5k-mrcnf", *TINY, OPTIONS, "train.steps=3", "train.max_seconds=0", "train.log_every=1"]
+
+
+def train_level(folder: Path, level: int | None) -> Path:
+    out = folder / f"level{level}"
+    extra = [] if level is None else [f"train.level={level}"]
+    assert main(["train", *MRCNF, *extra, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def levels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("levels")
+    return [train_level(folder, 0), train_level(folder, 1)]
+
+
+def test_a_level_run_trains_only_its_level_and_logs_rnode_and_nfe(levels: list[Path]) -> None:
+    for s, run in enumerate(levels):
+        records = [r for r in read_metrics(run) if "loss_bpd" in r]
+        assert len(records) == 3 and all(r["nfe"] > 0 and r["reg"] >= 0 for r in records)
+        tensors, meta = load_checkpoint(run / CHECKPOINT)
+        assert meta["config"]["train"]["level"] == s
+        _, cfg, _ = load_run(run)
+        fresh = build_model(cfg, torch.device("cpu")).state_dict()  # the same seed: the initial weights
+        for key, initial in fresh.items():
+            trained = tensors[f"model/{key}"]
+            if key.startswith(f"levels.{1 - s}."):
+                assert torch.equal(trained, initial), f"level {s}'s run changed {key}"
+        changed = [
+            k for k, v in fresh.items() if k.startswith(f"levels.{s}.") and not torch.equal(tensors[f"model/{k}"], v)
+        ]
+        assert changed, f"level {s}'s run did not train its level"
+
+
+def test_assembled_bits_per_dim_is_the_sum_of_the_level_terms(levels: list[Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "assembled"
+    assert main(["assemble", *map(str, levels), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    level_bpd = [float(line.split(":")[1].split()[0]) for line in text.splitlines() if line.strip().startswith("level")]
+    total = float(text.split("test bits/dim: ")[1].split()[0])
+    parts = float(text.split("sum of the level terms: ")[1].split()[0])
+    assert total == pytest.approx(parts, abs=2e-6)
+    # each level term is the one its own run measured at the end of training
+    for s, run in enumerate(levels):
+        assert level_bpd[s] == pytest.approx(json.loads((run / "results.json").read_text())["bpd"], abs=2e-6)
+    model, cfg, meta = load_run(out)
+    assert cfg.train.level is None and set(meta["assembled_from"]) == {"0", "1"}
+    for s, run in enumerate(levels):  # level s's weights are the EMA weights of the run that trained it
+        source, _ = load_checkpoint(run / CHECKPOINT)
+        for key, value in model.state_dict().items():
+            if key.startswith(f"levels.{s}."):
+                assert (value == source[f"ema/{key}"]).all()
+
+
+@pytest.mark.parametrize(
+    ("which", "message"),
+    [
+        ([0], "the runs cover levels [0]"),
+        ([0, 0], "level 0 comes from both"),
+    ],
+)
+def test_assemble_refuses_incomplete_or_repeated_levels(
+    levels: list[Path], tmp_path: Path, capsys, which, message
+) -> None:  # noqa: ANN001, E501
+    out = tmp_path / "never"
+    assert main(["assemble", *(str(levels[i]) for i in which), "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("msflow assemble: error:") and message in line
+    assert not (out / CHECKPOINT).exists()
+
+
+def test_assemble_refuses_a_run_of_every_level(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    whole = train_level(tmp_path, None)
+    assert main(["assemble", str(whole), "--out", str(tmp_path / "x")]) == 2
+    assert "assemble takes runs trained with train.level=s" in capsys.readouterr().err
+
+
+def test_level_option_needs_a_multiresolution_model(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert main(["train", "mnist5k-glow", *TINY, "train.steps=1", "train.level=0", "--out", str(tmp_path / "g")]) == 2
+    assert "train.level=0 needs a multi-resolution model" in capsys.readouterr().err
+
+
+def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "assembled"
+    assert main(["assemble", *map(str, levels), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--check-images", "50"]) == 0  # the CNF trace needs autograd in evaluation
+    assert "invertibility" in capsys.readouterr().out
+    coarse = get_dataset("digits8", "test").images[0, 0].numpy()[::2, ::2]  # a 4x4 image
+    Image.fromarray(coarse).save(tmp_path / "c.png")
+    grid_path = tmp_path / "sr.png"
+    assert main(["superres", str(out), str(tmp_path / "c.png"), "-n", "3", "-o", str(grid_path)]) == 0
+    grid = np.asarray(Image.open(grid_path))
+    scale = 96 // 8
+    assert grid.shape == ((8 + 2 + 2) * scale, (4 * 10 + 2) * scale)  # the input then 3 samples, one row
+    assert np.array_equal(grid[2 * scale : 10 * scale : 2 * scale, 2 * scale : 10 * scale : 2 * scale], coarse)
+    assert main(["superres", str(out), str(tmp_path / "c.png"), "--scale", "4"]) == 2
+    assert "the model takes 2x2 images" in capsys.readouterr().err
