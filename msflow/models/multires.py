@@ -32,6 +32,7 @@ from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
+from msflow.models._image_flow import ImageFlow
 from msflow.transforms import PYRAMIDS, Affine, PyramidMap, UniformDequantize
 from msflow.transforms.cnf import cnf_blocks, skip_logdets
 
@@ -58,7 +59,7 @@ def check_halvable(image_shape: Shape, resolutions: int) -> None:
         )
 
 
-class MultiResolutionFlow(nn.Module):
+class MultiResolutionFlow(ImageFlow):
     r"""MRCNF: one conditional flow per resolution over an exact image pyramid.
 
     Args:
@@ -281,10 +282,6 @@ class MultiResolutionFlow(nn.Module):
         v, log_q = self._dequantize(x, generator)
         return bits_per_dim(self.log_prob_continuous(v), self.num_dims, self.dequantizer.n_bits, log_q)
 
-    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
-        r"""``(B,)`` lower bound on ``log P(x)`` of integer images, in nats: ``-bpd * D log 2``."""
-        return -self.bits_per_dim(x, cond, generator) * (self.num_dims * math.log(2.0))
-
     # ------------------------------------------------------------ sampling
 
     def sample_latents(
@@ -295,14 +292,6 @@ class MultiResolutionFlow(nn.Module):
         return [
             standard_normal_sample((n, *s), temperature, generator, device, self._dtype()) for s in self._latent_shapes
         ]
-
-    @torch.no_grad()
-    def sample(
-        self, n: int, temperature: float = 1.0, cond: Any = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Draw ``n`` uint8 images ``(n, C, H, W)`` at ``temperature``, coarse to fine."""
-        zs = self.sample_latents(n, temperature, generator)
-        return self.dequantizer.quantize(self.decode(zs, cond))
 
     @torch.no_grad()
     def superres(

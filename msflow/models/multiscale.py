@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
+from msflow.models._image_flow import ImageFlow
 from msflow.transforms import GaussianSplitPrior, Squeeze, UniformDequantize
 from msflow.transforms.preprocess import PREPROCESSORS
 
@@ -41,7 +41,7 @@ def check_squeezable(image_shape: Shape, num_levels: int) -> None:
     )
 
 
-class MultiScaleFlow(nn.Module):
+class MultiScaleFlow(ImageFlow):
     r"""Multi-scale flow with split priors; latents are returned fine to coarse.
 
     Level ``i`` applies ``squeeze -> steps -> split prior``; the split prior standardises the
@@ -161,24 +161,12 @@ class MultiScaleFlow(nn.Module):
         log_p_v, log_q = self._dequantized_terms(x, cond, generator)
         return bits_per_dim(log_p_v, self.num_dims, self.dequantizer.n_bits, log_q)
 
-    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
-        r"""``(B,)`` lower bound on ``log P(x)`` of integer images, in nats: ``-bpd * D log 2``."""
-        return -self.bits_per_dim(x, cond, generator) * (self.num_dims * math.log(2.0))
-
     def sample_latents(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> list[Tensor]:
         """Draw ``temperature * N(0, I)`` latents for ``n`` images, fine to coarse."""
         p = next(self.parameters())
         return [standard_normal_sample((n, *s), temperature, generator, p.device, p.dtype) for s in self._latent_shapes]
-
-    @torch.no_grad()
-    def sample(
-        self, n: int, temperature: float = 1.0, cond: Any = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Draw ``n`` uint8 images ``(n, C, H, W)`` at ``temperature``."""
-        zs = self.sample_latents(n, temperature, generator)
-        return self.dequantizer.quantize(self.decode(zs, cond))
 
 
 def make_preprocess(name: str, alpha: float = 0.05) -> InvertibleModule:
