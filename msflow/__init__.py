@@ -8,8 +8,8 @@ Example:
     torch.Size([4])
 """
 
-from msflow.models import MARSCF, MultiScaleFlow, create_model, list_models
+from msflow.models import MARSCF, MultiResolutionFlow, MultiScaleFlow, create_model, list_models
 from msflow.train.run import load
 
 __version__ = "0.1.0"
-__all__ = ["MARSCF", "MultiScaleFlow", "__version__", "create_model", "list_models", "load"]
+__all__ = ["MARSCF", "MultiResolutionFlow", "MultiScaleFlow", "__version__", "create_model", "list_models", "load"]

@@ -24,3 +24,7 @@ class CheckpointError(MsflowError):
 
 class ConfigError(MsflowError):
     """An unknown configuration key or an invalid value."""
+
+
+class SolverError(MsflowError):
+    """An ODE solve that failed (step size underflow, too many steps, non-finite state)."""

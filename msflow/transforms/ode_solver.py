@@ -19,16 +19,12 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint, odeint_adjoint
 
-from msflow.errors import ConfigError, MsflowError
+from msflow.errors import ConfigError, SolverError
 
 FIXED_STEP = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams"})
 """torchdiffeq's fixed-grid methods: they need ``step_size`` and ignore the tolerances."""
 ADAPTIVE = frozenset({"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun"})
 """torchdiffeq's adaptive Runge-Kutta methods: they take ``rtol`` / ``atol``."""
-
-
-class SolverError(MsflowError):
-    """An ODE solve that failed (step size underflow, too many steps, non-finite state)."""
 
 
 @dataclass(frozen=True)
