@@ -95,7 +95,7 @@ def test_assemble_refuses_incomplete_or_repeated_levels(
 def test_assemble_refuses_a_run_of_every_level(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     whole = train_level(tmp_path, None)
     assert main(["assemble", str(whole), "--out", str(tmp_path / "x")]) == 2
-    assert "assemble takes runs trained with train.level=s" in capsys.readouterr().err
+    assert "level runs it is attached to" in capsys.readouterr().err
 
 
 def test_level_option_needs_a_multiresolution_model(tmp_path: Path, capsys) -> None:  # noqa: ANN001

@@ -106,24 +106,25 @@ def cmd_superres(args: argparse.Namespace) -> None:
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
+    from msflow.metrics.bpd import mean_and_stderr
     from msflow.train.assemble import assemble
-    from msflow.train.evaluate import evaluate, resolve_device
+    from msflow.train.evaluate import dataset_level_bits_per_dim, resolve_device
     from msflow.train.loop import load_data
-    from msflow.train.objective import bpd_score
     from msflow.train.run import load_run
 
     path = assemble(args.runs, args.out)
-    model, cfg, _ = load_run(args.out, resolve_device(args.device or "auto"))
+    model, cfg, meta = load_run(args.out, resolve_device(args.device or "auto"))
     test = load_data(cfg, "test")
-    seed = cfg.train.seed
-    total = evaluate(model, test, cfg.train.eval_batch_size, seed=seed)
-    print(f"assembled {len(args.runs)} levels into {path}")
+    totals, levels = dataset_level_bits_per_dim(model, test, cfg.train.eval_batch_size, cfg.train.seed, progress=True)
+    print(f"assembled {len(args.runs)} runs into {path}")
     dims, parts = model.level_dims(), 0.0
     for s in range(model.num_resolutions):
-        level = evaluate(model, test, cfg.train.eval_batch_size, seed=seed, score=bpd_score(s))
-        parts += level["bpd"] * dims[s] / model.num_dims
-        print(f"  level {s}: {level['bpd']:.6f} bits/dim over its {dims[s]} dimensions")
-    print(f"test bits/dim: {total['bpd']:.6f} +- {total['bpd_stderr']:.6f}; sum of the level terms: {parts:.6f}")
+        level = levels[:, s].mean().item()
+        parts += level * dims[s] / model.num_dims
+        source = meta["assembled_from"][str(s)]
+        print(f"  level {s}: {level:.6f} bits/dim over its {dims[s]} dimensions (from {source})")
+    mean, stderr = mean_and_stderr(totals)
+    print(f"test bits/dim: {mean:.6f} +- {stderr:.6f}; sum of the level terms: {parts:.6f}")
 
 
 def register(sub: Any) -> None:
@@ -155,8 +156,13 @@ def register(sub: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_superres)
 
-    p = sub.add_parser("assemble", help="put levels trained separately (train.level=s) into one MRCNF run")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="one run folder per level")
+    p = sub.add_parser(
+        "assemble", help="put levels trained separately (train.level=s) into one MRCNF run, or grow a coarser model"
+    )
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN",
+        help="one run folder per level; optionally one whole coarser model (progressive training) for the top levels",
+    )  # fmt: skip
     p.add_argument("--out", type=folder_arg, required=True, help="the new run folder")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_assemble)

@@ -108,3 +108,28 @@ def pad_images(images: torch.Tensor, size: int) -> torch.Tensor:
     out = images.new_zeros((*images.shape[:-2], size, size))
     out[..., top : top + h, left : left + w] = images
     return out
+
+
+def downsample_images(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average ``uint8`` images ``(N, C, H, W)`` over ``factor x factor`` blocks, rounded to ``uint8``.
+
+    The images a coarser model of a multi-resolution flow is trained on before a finer level
+    is attached to it (MRCNF's progressive training): each pixel is the mean of the block it
+    replaces, as in the pyramid of eq. 7.
+
+    Raises:
+        DataError: if ``factor`` is not a positive integer dividing ``H`` and ``W``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[[[0, 2], [4, 7]]]], dtype=torch.uint8)
+        >>> downsample_images(x, 2).tolist()  # (0 + 2 + 4 + 7) / 4 = 3.25
+        [[[[3]]]]
+    """
+    h, w = images.shape[-2:]
+    if not isinstance(factor, int) or factor < 1 or h % factor or w % factor:
+        raise DataError(f"cannot downsample {h}x{w} images by {factor}: use a factor that divides both sides")
+    if factor == 1:
+        return images
+    mean = torch.nn.functional.avg_pool2d(images.double(), factor)
+    return mean.round().clamp(0, 255).to(torch.uint8)

@@ -12,7 +12,7 @@ from msflow.data.bundled import (
     load_patches32_grey,
 )
 from msflow.data.cifar import load_cifar10
-from msflow.data.dataset import ImageDataset, pad_images
+from msflow.data.dataset import ImageDataset, downsample_images, pad_images
 from msflow.data.folder import load_folder
 from msflow.data.idx import load_fashion_mnist, load_mnist
 from msflow.data.npz import load_imagenet32, load_imagenet64
@@ -52,6 +52,7 @@ def get_dataset(
     split: str = "train",
     root: str | os.PathLike[str] | None = None,
     pad_to: int | None = None,
+    downsample: int | None = None,
 ) -> ImageDataset:
     """Load one split of a dataset as ``uint8`` images ``(N, C, H, W)`` with labels.
 
@@ -64,6 +65,8 @@ def get_dataset(
         root: the folder holding your data (``~`` is expanded).
         pad_to: zero-pad images symmetrically to ``pad_to x pad_to`` (e.g. 28 -> 32 so a
             multi-scale flow can squeeze three times).
+        downsample: then average ``downsample x downsample`` blocks (e.g. 2 gives 14x14
+            MNIST: the data of a coarser model for MRCNF's progressive training).
 
     Raises:
         DataError: unknown name or split, missing root, or missing/corrupt files.
@@ -80,4 +83,6 @@ def get_dataset(
     dataset = _DATASETS[name](split, root)
     if pad_to is not None:
         dataset.images = pad_images(dataset.images, pad_to)
+    if downsample is not None:
+        dataset.images = downsample_images(dataset.images, downsample)
     return dataset

@@ -30,11 +30,12 @@ from torch import Tensor, nn
 
 from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
-from msflow.errors import ShapeError
+from msflow.errors import ConfigError, ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._image_flow import ImageFlow
 from msflow.transforms import PYRAMIDS, Affine, PyramidMap, UniformDequantize
-from msflow.transforms.cnf import cnf_blocks, skip_logdets
+from msflow.transforms.cnf import CNF, cnf_blocks, skip_logdets
+from msflow.transforms.flow_matching import flow_matching_loss
 
 LevelFactory = Callable[[int, int, Shape], InvertibleModule]
 """``factory(channels, cond_channels, shape) -> flow`` of one level; ``shape`` is its ``(C, H, W)``."""
@@ -130,7 +131,9 @@ class MultiResolutionFlow(ImageFlow):
             for i, block in enumerate(cnf_blocks(level)):
                 block.name = f"MultiResolutionFlow level {s} ({what} {self._latent_shapes[s][1]}x"
                 block.name += f"{self._latent_shapes[s][2]}) CNF block {i}"
-                block.probe_seed = 1000 * s + i  # distinct evaluation probes per block
+                # Distinct evaluation probes per block, counted from the top, so a coarser model
+                # attached to a finer level (progressive training) keeps its own probes.
+                block.probe_seed = 1000 * (s_top - s) + i
 
     def _check_levels(self) -> None:
         for s, (level, shape) in enumerate(zip(self.levels, self._latent_shapes, strict=True)):
@@ -276,11 +279,60 @@ class MultiResolutionFlow(ImageFlow):
         dims = self.level_dims()
         return [bits_per_dim(t, dims[s], self.dequantizer.n_bits) for s, t in zip(which, terms, strict=True)]
 
+    def bits_per_dim_by_level(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, list[Tensor]]:
+        """``(bits_per_dim (B,), [each level's bits/dim over its own dims])`` from one pass and one draw.
+
+        The first equals :meth:`bits_per_dim` with the same ``generator`` state; training logs
+        the second as per-level curves (paper 000, Figure 5b) at no extra cost.
+        """
+        v, log_q = self._dequantize(x, generator)
+        terms = self.level_log_probs_continuous(v)
+        n_bits, dims = self.dequantizer.n_bits, self.level_dims()
+        total = bits_per_dim(sum(terms), self.num_dims, n_bits, log_q)
+        return total, [bits_per_dim(t, d, n_bits) for t, d in zip(terms, dims, strict=True)]
+
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` bits/dim of integer images ``x`` (uint8) with one dequantization draw."""
         self._no_cond(cond)
         v, log_q = self._dequantize(x, generator)
         return bits_per_dim(self.log_prob_continuous(v), self.num_dims, self.dequantizer.n_bits, log_q)
+
+    # ------------------------------------------------------------ flow matching
+
+    def level_cnf_blocks(self, s: int) -> list[CNF]:
+        """Level ``s``'s CNF blocks in forward order; a :class:`ConfigError` if it has other blocks."""
+        level = self.levels[s]
+        blocks = list(level.blocks) if isinstance(level, FlowSequential) else [level]
+        if not blocks or not all(isinstance(b, CNF) for b in blocks):
+            kinds = sorted({type(b).__name__ for b in blocks if not isinstance(b, CNF)})
+            raise ConfigError(
+                f"flow matching trains levels made of CNF blocks only; level {s} has {', '.join(kinds)}: "
+                "use model.options.density=cnf or train.objective=likelihood"
+            )
+        return blocks
+
+    def level_flow_matching_losses(
+        self, x: Tensor, generator: torch.Generator | None = None, levels: Sequence[int] | None = None
+    ) -> list[Tensor]:
+        """Per-level conditional flow-matching losses ``(B,)`` (simulation-free training; see
+        :func:`~msflow.transforms.flow_matching.flow_matching_loss`).
+
+        Level ``s`` regresses its fields on the straight path from its data (the details
+        ``y_s`` given ``x_{s+1}``, or the preprocessed top image) to its base
+        ``N(0, prior_std_s^2 I)``. The density is unchanged: bits/dim is still computed by the ODE.
+        """
+        which = range(self.num_resolutions) if levels is None else levels
+        chains = {s: self.level_cnf_blocks(s) for s in which}
+        v, _ = self._dequantize(x, generator)
+        images, details, _ = self.decompose(v)
+        losses = []
+        for s, chain in chains.items():
+            if s < self.num_resolutions - 1:
+                x0, cond = details[s], self._condition(images[s + 1], s)
+            else:
+                (x0, _), cond = self.top_preprocess(images[-1]), None
+            losses.append(flow_matching_loss(chain, x0, cond, self.prior_stds[s], generator))
+        return losses
 
     # ------------------------------------------------------------ sampling
 

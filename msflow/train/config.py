@@ -30,6 +30,7 @@ class DataConfig:
     name: str = "mnist5k"
     root: str | None = None
     pad_to: int | None = None
+    downsample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     level: int | None = None
+    objective: str = "likelihood"
     device: str = "auto"
     precision: str = "float32"
     gradient_checkpointing: bool = False
@@ -153,7 +155,9 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "num_samples"): ((lambda v: 0 <= v <= 10_000), "an integer in [0, 10000] (0 means no sample grids)"),
     ("train", "seed"): ((lambda v: 0 <= v < 2**32), "an integer in [0, 2**32)"),
     ("data", "pad_to"): ((lambda v: v is None or 0 < v <= 4096), "null or an image side in [1, 4096]"),
+    ("data", "downsample"): ((lambda v: v is None or v in (1, 2, 4, 8, 16)), "null or a factor in 1, 2, 4, 8, 16"),
     ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
+    ("train", "objective"): _one_of("likelihood", "flow_matching"),
     ("train", "device"): _one_of("auto", "cpu", "cuda"),
     ("train", "precision"): _one_of("float32", "bf16-mixed"),
 }

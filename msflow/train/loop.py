@@ -45,7 +45,7 @@ from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
 from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
-from msflow.train.objective import bpd_score, check_level, function_evaluations, regularization
+from msflow.train.objective import bpd_score, function_evaluations, make_objective
 from msflow.train.run import CHECKPOINT
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
@@ -64,7 +64,7 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
 
 def load_data(cfg: Config, split: str) -> ImageDataset:
     """The configured dataset split."""
-    return get_dataset(cfg.data.name, split, root=cfg.data.root, pad_to=cfg.data.pad_to)
+    return get_dataset(cfg.data.name, split, root=cfg.data.root, pad_to=cfg.data.pad_to, downsample=cfg.data.downsample)
 
 
 def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
@@ -218,7 +218,7 @@ def train(cfg: Config) -> dict[str, Any]:
     train_set, test_set = load_data(cfg, "train"), load_data(cfg, "test")
     model = build_model(cfg, device)
     check_compatible(model, train_set, cfg)
-    check_level(model, t.level)
+    objective = make_objective(model, t.objective, t.level)
     score = bpd_score(t.level)
     steps_per_epoch = len(train_set) // t.batch_size
     if steps_per_epoch == 0:
@@ -282,8 +282,7 @@ def train(cfg: Config) -> dict[str, Any]:
             group["lr"] = lr
         nfe_before = function_evaluations(model)
         with subnet_precision(t.precision):
-            bpd = score(model, x, noise).mean()
-            loss = bpd + regularization(model)
+            loss, logged = objective(model, x, noise)
         opt.zero_grad(set_to_none=True)
         grad_norm = torch.tensor(float("nan"))
         if torch.isfinite(loss):
@@ -306,11 +305,13 @@ def train(cfg: Config) -> dict[str, Any]:
         bar.update(1)
         if _every(step, t.log_every) or step == t.steps:
             elapsed = time.perf_counter() - clock
-            record = {"step": step, "loss_bpd": bpd.item(), "lr": lr, "grad_norm": grad_norm.item()}
-            if nfe_before is not None:  # a continuous flow: its regularizer and solver work
-                record.update(reg=(loss - bpd).item(), nfe=function_evaluations(model) - nfe_before)
+            record = {"step": step, **{k: v.item() for k, v in logged.items()}, "lr": lr}
+            record["grad_norm"] = grad_norm.item()
+            if nfe_before is not None:  # a continuous flow: its solver work
+                record["nfe"] = function_evaluations(model) - nfe_before
             log.write({**record, "img_per_s": seen / elapsed})
-            bar.set_postfix(bpd=f"{bpd.item():.3f}")
+            shown = "loss_bpd" if "loss_bpd" in record else "loss_fm"
+            bar.set_postfix({shown[5:]: f"{record[shown]:.3f}"})
             seen, clock = 0, time.perf_counter()
         due = _every(step, t.checkpoint_every) or step == t.steps
         bad = _non_finite(state()[0]) if due else None

@@ -1,15 +1,21 @@
-"""What one training step minimises: bits/dim (of the whole model or one level) plus any regularizer.
+"""What one training step minimises (``train.objective``, ``train.level``) and what it logs.
 
-Every model trains on its bits/dim. A continuous flow adds its RNODE terms (kinetic energy and
-Jacobian norm, MRCNF eq. 15) through ``model.regularization_loss()``. A multi-resolution model
-can train a single level (``train.level``): its likelihood is a sum of independent per-level
-terms (eq. 11), so level ``s`` is fitted alone by minimising its own bits/dim, and levels
-trained in separate processes are assembled afterwards (``msflow assemble``).
+- ``likelihood`` (every model): bits/dim, of the whole model or of one level, plus any
+  regularizer: a continuous flow adds its RNODE terms (kinetic energy and Jacobian norm, MRCNF
+  eq. 15) through ``model.regularization_loss()``. A multi-resolution model also logs each
+  level's bits/dim (``bpd_level<s>``), the per-level curves of MRCNF's Figure 5b.
+- ``flow_matching`` (models whose levels are CNF blocks): the conditional flow-matching loss of
+  :mod:`msflow.transforms.flow_matching`, simulation-free; bits/dim is still evaluated by the ODE.
+
+A multi-resolution model can train a single level (``train.level``): its likelihood is a sum of
+independent per-level terms (eq. 11), so level ``s`` is fitted alone by minimising its own
+term, and levels trained in separate processes are assembled afterwards (``msflow assemble``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +23,17 @@ from torch import Tensor, nn
 from msflow.errors import ConfigError
 
 Score = Callable[[nn.Module, Tensor, torch.Generator | None], Tensor]
+OBJECTIVES = ("likelihood", "flow_matching")
+
+
+class StepLoss(NamedTuple):
+    """The loss one step minimises and the scalars it logs (``loss_bpd`` when it has bits/dim)."""
+
+    loss: Tensor
+    logged: dict[str, Tensor]
+
+
+Objective = Callable[[nn.Module, Tensor, torch.Generator | None], StepLoss]
 
 
 def check_level(model: nn.Module, level: int | None) -> None:
@@ -43,6 +60,53 @@ def regularization(model: nn.Module) -> Tensor | float:
     """The regularizer of the model's last forward pass (0 for models without one)."""
     reg = getattr(model, "regularization_loss", None)
     return reg() if reg is not None else 0.0
+
+
+def _likelihood(level: int | None) -> Objective:
+    score = bpd_score(level)
+
+    def objective(model: nn.Module, x: Tensor, generator: torch.Generator | None) -> StepLoss:
+        logged: dict[str, Tensor] = {}
+        if level is None and hasattr(model, "bits_per_dim_by_level"):
+            total, per_level = model.bits_per_dim_by_level(x, generator)
+            bpd = total.mean()
+            logged.update({f"bpd_level{s}": b.detach().mean() for s, b in enumerate(per_level)})
+        else:
+            bpd = score(model, x, generator).mean()
+        reg = regularization(model)
+        if isinstance(reg, Tensor):
+            logged["reg"] = reg.detach()
+        return StepLoss(bpd + reg, {"loss_bpd": bpd.detach(), **logged})
+
+    return objective
+
+
+def _flow_matching(level: int | None) -> Objective:
+    def objective(model: nn.Module, x: Tensor, generator: torch.Generator | None) -> StepLoss:
+        losses = model.level_flow_matching_losses(x, generator, None if level is None else [level])
+        first = 0 if level is None else level
+        logged = {f"fm_level{first + i}": v.detach().mean() for i, v in enumerate(losses)}
+        loss = sum(v.mean() for v in losses)
+        return StepLoss(loss, {"loss_fm": loss.detach(), **logged})
+
+    return objective
+
+
+def make_objective(model: nn.Module, name: str, level: int | None) -> Objective:
+    """The step objective ``name`` for ``model`` (optionally one ``level``), after checking they fit."""
+    check_level(model, level)
+    if name == "likelihood":
+        return _likelihood(level)
+    if name == "flow_matching":
+        if not hasattr(model, "level_flow_matching_losses"):
+            raise ConfigError(
+                f"train.objective=flow_matching trains continuous flows (an mrcnf-* preset with density=cnf); "
+                f"{type(model).__name__} has no vector fields: use train.objective=likelihood"
+            )
+        for s in range(model.num_resolutions) if level is None else [level]:
+            model.level_cnf_blocks(s)  # raises a ConfigError naming the fix for non-CNF levels
+        return _flow_matching(level)
+    raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
 
 
 def function_evaluations(model: nn.Module) -> int | None:
