@@ -115,7 +115,19 @@ def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Pa
     assert main(["superres", str(out), str(tmp_path / "c.png"), "-n", "3", "-o", str(grid_path)]) == 0
     grid = np.asarray(Image.open(grid_path))
     scale = 96 // 8
-    assert grid.shape == ((8 + 2 + 2) * scale, (4 * 10 + 2) * scale)  # the input then 3 samples, one row
+    assert grid.shape == ((8 + 2 + 2) * scale, (5 * 10 + 2) * scale)  # input, bicubic, 3 samples in one row
     assert np.array_equal(grid[2 * scale : 10 * scale : 2 * scale, 2 * scale : 10 * scale : 2 * scale], coarse)
+    capsys.readouterr()
     assert main(["superres", str(out), str(tmp_path / "c.png"), "--scale", "4"]) == 2
-    assert "the model takes 2x2 images" in capsys.readouterr().err
+    assert "can super-resolve up to x2, not x4" in capsys.readouterr().err
+    # A bundled held-out photo of any size, as the ground truth: reduced, refined and scored.
+    assert main(["superres", str(out), "chelsea", "--hr", "-n", "2", "-o", str(tmp_path / "cat.png")]) == 0
+    text = capsys.readouterr().out
+    assert "300x450 ground truth" not in text and "150x225 ground truth, reduced" in text
+    rows = {
+        line.split()[0] + line.split()[1]: line.split()[-2:] for line in text.splitlines() if line.startswith("sample ")
+    }
+    assert set(rows) == {"sample1", "sample2"} and all(0 < float(p) < 60 for p, _ in rows.values()), text
+    bicubic = [line.split() for line in text.splitlines() if line.startswith("bicubic")]
+    assert len(bicubic) == 1 and float(bicubic[0][1]) > 25, text  # x2 bicubic of a photo: about 30 dB
+    assert Image.open(tmp_path / "cat.png").size == (5 * 452 + 2, 304)  # 300x450 panels, 2-pixel padding

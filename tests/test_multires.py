@@ -327,10 +327,39 @@ def test_superres_blocks_average_to_the_input(pyramid: str, density: str) -> Non
 
 def test_superres_rejects_bad_inputs() -> None:
     model = tiny()
-    with pytest.raises(ShapeError, match="16x16, 8x8"):
-        model.superres(torch.zeros(1, 3, 10, 10, dtype=torch.uint8))
+    with pytest.raises(ShapeError, match=r"\(B, 3, h, w\)"):
+        model.superres(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="1..1"):
         model.superres(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), levels=2)
+    with pytest.raises(ValueError, match="1..2 level"):
+        model.superres(torch.zeros(1, 3, 5, 5, dtype=torch.uint8), levels=3)
+
+
+def test_superres_of_any_size_uses_the_finest_levels() -> None:
+    model = perturb(tiny(), 0.05).eval()
+    photo = torch.randint(0, 256, (1, 3, 5, 7), dtype=torch.uint8, generator=seeded(0))
+    fine = model.superres(photo, levels=2, n=2, generator=seeded(1), quantize=False)
+    assert fine.shape == (2, 3, 20, 28)
+    centres = ((photo.double() + 0.5) / 256).repeat_interleave(2, 0)
+    torch.testing.assert_close(F.avg_pool2d(fine.double(), 4), centres, atol=2e-6, rtol=0)
+    # x2 of an odd size is level 0's work: the same as refining a 16x16 input with level 0 only
+    # when the input happens to be the model's 16x16 resolution.
+    one = model.superres(photo, levels=1, n=1, generator=seeded(1), quantize=False)
+    assert one.shape == (1, 3, 10, 14)
+
+
+def test_sample_resolutions_are_the_pyramid_of_the_sample() -> None:
+    model = perturb(tiny(), 0.05).eval()
+    images = model.sample_resolutions(3, temperature=0.8, generator=seeded(4))
+    assert [tuple(x.shape[-2:]) for x in images] == [(8, 8), (16, 16), (32, 32)]
+    assert all(x.dtype == torch.uint8 for x in images)
+    assert torch.equal(images[-1], model.sample(3, temperature=0.8, generator=seeded(4)))
+    # Before quantization each coarser image is exactly the 2x2 average of the next finer one.
+    with torch.no_grad():
+        continuous = model._decode_pyramid(model.sample_latents(3, 0.8, seeded(4)))
+    for small, big in zip(continuous, continuous[1:], strict=False):
+        torch.testing.assert_close(F.avg_pool2d(big.double(), 2), small.double(), atol=2e-6, rtol=0)
+    assert all(torch.equal(model.dequantizer.quantize(v), x) for v, x in zip(continuous, images, strict=True))
 
 
 # ---------------------------------------------------------------- presets

@@ -19,7 +19,6 @@ from msflow.cli._common import (
     temperature_arg,
     write_json,
 )
-from msflow.core import evaluation_context
 from msflow.errors import ConfigError
 
 
@@ -81,8 +80,25 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         write_json(args.json, {"run": str(args.run), "steps": args.steps, "iters": args.iters, "pairs": rows})
 
 
-def cmd_superres(args: argparse.Namespace) -> None:
+def _superres_image(name: str, channels: int) -> torch.Tensor:
+    """A path, or the name of a bundled photo (``chelsea``), loaded at its own size."""
+    from pathlib import Path
+
     from msflow.analysis import load_image
+    from msflow.data.folder import image_header
+    from msflow.data.photos import PHOTO_SPLIT, photo_path
+
+    path = Path(name)
+    if not path.exists() and name in PHOTO_SPLIT:
+        path = photo_path(name)
+    if path.is_file():
+        (w, h), _ = image_header(path)
+        return load_image(path, (channels, h, w))
+    return load_image(path, (channels, 1, 1))  # raises the usual "no image file" error
+
+
+def cmd_superres(args: argparse.Namespace) -> None:
+    from msflow.analysis.superres import superres
     from msflow.train.evaluate import resolve_device
     from msflow.train.run import load_run
     from msflow.viz import save_grid
@@ -91,18 +107,23 @@ def cmd_superres(args: argparse.Namespace) -> None:
     if not hasattr(model, "superres"):
         kind = type(model).__name__
         raise ConfigError(f"{args.run} holds a {kind}; superres needs a multi-resolution model (mrcnf-*)")
-    levels = {2: 1, 4: 2}[args.scale]
-    c, h, w = model.image_shape
-    x = load_image(args.image, (c, h // args.scale, w // args.scale))
+    model.eval()
+    image = _superres_image(args.image, model.image_shape[0])
     generator = torch.Generator().manual_seed(args.seed)
-    coarse = x[None].to(next(model.parameters()).device)
-    with evaluation_context(model):
-        images = model.superres(coarse, levels, args.temperature, args.n, generator)
-    big = x.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2)[None].to(images.device)
-    path = save_grid(torch.cat([big, images]), args.output, nrow=args.n + 1, scale=max(1, 96 // w))
-    print(f"wrote {args.image} ({h // args.scale}x{w // args.scale}, enlarged) and {args.n} x{args.scale} samples")
-    print(f"  at temperature {args.temperature} to {path}; every {args.scale}x{args.scale} block of a sample")
-    print("  averages to its input pixel before quantization")
+    out = superres(model, image, args.scale, args.temperature, args.n, generator, hr=args.hr)
+    h, w = out.low.shape[-2:]
+    big = out.low.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2)
+    panels = [big, out.bicubic, *out.samples] + ([out.truth] if out.truth is not None else [])
+    scale = max(1, 96 // (w * args.scale))
+    path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=scale)
+    what = "ground truth, reduced by block averages" if args.hr else "input"
+    print(f"{args.image}: {h}x{w} {what} -> {args.n} x{args.scale} samples at temperature {args.temperature}")
+    print(f"wrote {path}: input (enlarged), bicubic, the samples" + (", the ground truth" if args.hr else ""))
+    print(f"every {args.scale}x{args.scale} block of a sample averages to its input pixel before quantization")
+    if out.scores:
+        print(f"{'':<10} {'PSNR (dB)':>10} {'SSIM':>7}")
+        for name, (p, q) in out.scores.items():
+            print(f"{name:<10} {p:>10.2f} {q:>7.4f}")
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
@@ -147,8 +168,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("superres", help="x2 or x4 super-resolution with a multi-resolution model (MRCNF, Fig. 3)")
     p.add_argument("run")
-    p.add_argument("image", help="a low-resolution image: the model's size divided by --scale")
+    p.add_argument("image", help="a low-resolution image of any size, or a bundled photo's name (e.g. chelsea)")
     p.add_argument("--scale", type=int, choices=[2, 4], default=2)
+    p.add_argument("--hr", action="store_true", help="the image is the ground truth: reduce it, then score PSNR/SSIM")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0)
     p.add_argument("-n", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=8)
     p.add_argument("--seed", type=seed_arg, default=0)

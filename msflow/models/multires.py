@@ -222,13 +222,31 @@ class MultiResolutionFlow(ImageFlow):
     def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
         """Latents fine to coarse -> continuous images ``v`` (eq. 16: top first, then finer)."""
         self._no_cond(cond)
+        return self._decode_pyramid(zs)[-1]
+
+    def _decode_pyramid(self, zs: Sequence[Tensor]) -> list[Tensor]:
+        """Latents fine to coarse -> the average images of every resolution, coarse to fine."""
         if len(zs) != self.num_resolutions:
             raise ValueError(f"expected {self.num_resolutions} latents (fine to coarse), got {len(zs)}")
+        top = self.num_resolutions - 1
         with skip_logdets(self):
-            x = self._decode_level(self.num_resolutions - 1, zs[-1], None)
-            for s in reversed(range(self.num_resolutions - 1)):
-                x = self._decode_level(s, zs[s], x)
-        return x
+            images = [self._decode_level(top, zs[-1], None)]
+            for s in reversed(range(top)):
+                images.append(self._decode_level(s, zs[s], images[-1]))
+        return [x / self._ranges[top - i] for i, x in enumerate(images)]
+
+    @torch.no_grad()
+    def sample_resolutions(
+        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> list[Tensor]:
+        """``n`` samples seen at every resolution, coarse to fine, as uint8 images (paper 000, Fig. 6-7).
+
+        Generation runs coarse to fine (eq. 16), so the image at resolution ``s`` is the one the
+        finer levels were conditioned on: before quantization it is exactly the 2x2 average of
+        the next finer image. The last entry equals :meth:`sample` with the same generator state.
+        """
+        zs = self.sample_latents(n, temperature, generator)
+        return [self.dequantizer.quantize(v) for v in self._decode_pyramid(zs)]
 
     def level_log_probs_continuous(self, v: Tensor, levels: Sequence[int] | None = None) -> list[Tensor]:
         """The terms of eq. 11 for continuous ``v``, in nats: ``(B,)`` each, fine to coarse.
@@ -357,15 +375,15 @@ class MultiResolutionFlow(ImageFlow):
     ) -> Tensor:
         """Generate ``2^levels`` times larger images whose 2x2 blocks average to ``coarse``.
 
-        ``coarse`` is a batch ``(B, C, h, w)`` at one of the pyramid's coarser resolutions:
-        integer images (uint8, taken at their bins' centres ``(x + 1/2) / 2^b``) or continuous
-        average images in [0, 1]. Before quantization every generated 2x2 block (and, over
-        ``levels`` steps, every ``2^levels`` block) averages exactly to its input pixel, up to
-        float rounding. Returns ``(B * n, C, 2^levels h, 2^levels w)``, ``n`` samples per input.
+        ``coarse`` is a batch ``(B, C, h, w)`` of integer images (uint8, taken at their bins'
+        centres ``(x + 1/2) / 2^b``) or continuous average images in [0, 1]. At one of the
+        pyramid's coarser resolutions ``k`` it is refined by levels ``k-1 .. k-levels``; at any
+        other size (a whole photo, say) by the ``levels`` finest detail levels, whose
+        convolutional flows take any size. Before quantization every generated 2x2 block (and,
+        over ``levels`` steps, every ``2^levels`` block) averages exactly to its input pixel, up
+        to float rounding. Returns ``(B * n, C, 2^levels h, 2^levels w)``, ``n`` samples per input.
         """
-        k = self._resolution_of(coarse)
-        if not 1 <= levels <= k:
-            raise ValueError(f"a {coarse.shape[-2]}x{coarse.shape[-1]} image can be super-resolved 1..{k} levels")
+        k = self._resolution_of(coarse, levels)
         v = coarse
         if not coarse.is_floating_point():
             self.dequantizer.check(coarse)
@@ -373,22 +391,29 @@ class MultiResolutionFlow(ImageFlow):
         x = (v.to(self._dtype()) * self._ranges[k]).repeat_interleave(n, dim=0)
         with skip_logdets(self):
             for s in reversed(range(k - levels, k)):
-                shape = (x.shape[0], *self._latent_shapes[s])
+                shape = (x.shape[0], self._latent_shapes[s][0], *x.shape[-2:])
                 eps = standard_normal_sample(shape, temperature, generator, x.device, x.dtype)
                 x = self._decode_level(s, eps, x)
         v_fine = x / self._ranges[k - levels]
         return self.dequantizer.quantize(v_fine) if quantize else v_fine
 
-    def _resolution_of(self, coarse: Tensor) -> int:
-        sizes = {tuple(s[1:]): i for i, s in enumerate(self._image_shapes) if i > 0}
-        key = tuple(coarse.shape[-2:])
-        if coarse.dim() != 4 or coarse.shape[1] != self.image_shape[0] or key not in sizes:
-            valid = ", ".join(f"{h}x{w}" for h, w in sizes) or "none (1 resolution)"
+    def _resolution_of(self, coarse: Tensor, levels: int) -> int:
+        """The level index ``k`` whose coarse image ``coarse`` is taken to be."""
+        if coarse.dim() != 4 or coarse.shape[1] != self.image_shape[0] or min(coarse.shape[-2:]) < 1:
             raise ShapeError(
-                f"superres takes (B, {self.image_shape[0]}, h, w) images at a coarser resolution of this model "
-                f"({valid}), got {tuple(coarse.shape)}"
+                f"superres takes images (B, {self.image_shape[0]}, h, w) with this model's "
+                f"{self.image_shape[0]} channel(s), got {tuple(coarse.shape)}"
             )
-        return sizes[key]
+        if not 1 <= levels < self.num_resolutions:
+            raise ValueError(
+                f"this {self.num_resolutions}-resolution model can super-resolve 1..{self.num_resolutions - 1} "
+                f"level(s) (x2 per level), not {levels}"
+            )
+        sizes = {tuple(s[1:]): i for i, s in enumerate(self._image_shapes) if i > 0}
+        k = sizes.get(tuple(coarse.shape[-2:]), levels)
+        if levels > k:
+            raise ValueError(f"a {coarse.shape[-2]}x{coarse.shape[-1]} image can be super-resolved 1..{k} levels")
+        return k
 
     # ------------------------------------------------------------ training hooks
 

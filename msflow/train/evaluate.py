@@ -96,14 +96,25 @@ def evaluate(
 def sample_grids(
     model: nn.Module, out_dir: Path, n: int, temperatures: Sequence[float], seed: int, tag: str
 ) -> list[Path]:
-    """Write one PNG grid of ``n`` samples per temperature; returns the paths."""
+    """Write one PNG grid of ``n`` samples per temperature; returns the paths.
+
+    A multi-resolution model also gets one grid per coarser resolution, ``{tag}_t{T}_{h}x{w}.png``:
+    the same samples at the resolutions they were generated through (MRCNF, Figures 6-7).
+    """
     was_training = model.training
     model.eval()
     paths = []
     for temperature in temperatures:
         generator = torch.Generator().manual_seed(seed)
-        images = model.sample(n, temperature=temperature, generator=generator)
+        name = f"{tag}_t{temperature:.2f}"
+        if hasattr(model, "sample_resolutions"):
+            *coarser, images = model.sample_resolutions(n, temperature=temperature, generator=generator)
+            for small in coarser:
+                h, w = small.shape[-2:]
+                save_grid(small, out_dir / f"{name}_{h}x{w}.png", scale=max(1, 96 // w))
+        else:
+            images = model.sample(n, temperature=temperature, generator=generator)
         scale = max(1, 96 // images.shape[-1])
-        paths.append(save_grid(images, out_dir / f"{tag}_t{temperature:.2f}.png", scale=scale))
+        paths.append(save_grid(images, out_dir / f"{name}.png", scale=scale))
     model.train(was_training)
     return paths
