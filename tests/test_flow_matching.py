@@ -159,3 +159,4 @@ def test_likelihood_training_of_a_multires_model_logs_per_level_bits_per_dim(tmp
     for r in (r for r in read_metrics(tmp_path / "run") if "loss_bpd" in r):
         weighted = sum(r[f"bpd_level{s}"] * d / total for s, d in enumerate(dims))
         assert r["loss_bpd"] == pytest.approx(weighted, abs=1e-4)
+    assert (tmp_path / "run" / "levels.png").is_file()  # the per-level curves, drawn at the end

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tiny import TINY
 
+from msflow.analysis.level_curves import LEVEL_PLOT, level_curves
 from msflow.cli import main
 from msflow.data import get_dataset
 from msflow.train.checkpoint import load_checkpoint
@@ -68,6 +69,13 @@ def test_assembled_bits_per_dim_is_the_sum_of_the_level_terms(levels: list[Path]
         assert level_bpd[s] == pytest.approx(json.loads((run / "results.json").read_text())["bpd"], abs=2e-6)
     model, cfg, meta = load_run(out)
     assert cfg.train.level is None and set(meta["assembled_from"]) == {"0", "1"}
+    # Figure 5b: each level's training curve comes from the run that trained it.
+    assert (out / LEVEL_PLOT).is_file()
+    curves = level_curves(levels)
+    for s, run in enumerate(levels):
+        logged = [(r["step"], r["loss_bpd"]) for r in read_metrics(run) if "loss_bpd" in r]
+        assert curves["train bits/dim"][s] == logged
+        assert [v for _, v in curves["test bits/dim"][s]] == [pytest.approx(level_bpd[s], abs=2e-6)]
     for s, run in enumerate(levels):  # level s's weights are the EMA weights of the run that trained it
         source, _ = load_checkpoint(run / CHECKPOINT)
         for key, value in model.state_dict().items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from msflow.cli._common import (
     temperature_arg,
     write_json,
 )
-from msflow.errors import ConfigError
+from msflow.errors import ConfigError, MsflowError
 
 
 def _interpolation_pairs(args: argparse.Namespace, model: torch.nn.Module, cfg: Any) -> list[tuple[Any, Any, str]]:
@@ -82,8 +83,6 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 def _superres_image(name: str, channels: int) -> torch.Tensor:
     """A path, or the name of a bundled photo (``chelsea``), loaded at its own size."""
-    from pathlib import Path
-
     from msflow.analysis import load_image
     from msflow.data.folder import image_header
     from msflow.data.photos import PHOTO_SPLIT, photo_path
@@ -127,6 +126,7 @@ def cmd_superres(args: argparse.Namespace) -> None:
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
+    from msflow.analysis.level_curves import LEVEL_PLOT, plot_level_curves
     from msflow.metrics.bpd import mean_and_stderr
     from msflow.train.assemble import assemble
     from msflow.train.evaluate import dataset_level_bits_per_dim, resolve_device
@@ -146,6 +146,11 @@ def cmd_assemble(args: argparse.Namespace) -> None:
         print(f"  level {s}: {level:.6f} bits/dim over its {dims[s]} dimensions (from {source})")
     mean, stderr = mean_and_stderr(totals)
     print(f"test bits/dim: {mean:.6f} +- {stderr:.6f}; sum of the level terms: {parts:.6f}")
+    sources = dict.fromkeys(Path(p).parent for p in meta["assembled_from"].values())
+    try:
+        print(f"per-level training curves: {plot_level_curves(list(sources), Path(args.out) / LEVEL_PLOT)}")
+    except (ImportError, MsflowError) as err:
+        print(f"no per-level curves: {err}")
 
 
 def register(sub: Any) -> None:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -334,6 +335,8 @@ def train(cfg: Config) -> dict[str, Any]:
     bar.close()
     if logdets is not None:
         logdets.plot()
+    if hasattr(model, "level_dims"):
+        _plot_levels(run_dir)
     result = eval_now()
     log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
     grids = []
@@ -352,6 +355,16 @@ def train(cfg: Config) -> dict[str, Any]:
         ) from None
     write_text(run_dir / "results.json", json.dumps(result, indent=2))
     return result
+
+
+def _plot_levels(run_dir: Path) -> None:
+    """Per-level curves of a multi-resolution run (``levels.png``); a warning if they cannot be drawn."""
+    from msflow.analysis.level_curves import LEVEL_PLOT, plot_level_curves
+
+    try:
+        plot_level_curves([run_dir], run_dir / LEVEL_PLOT)
+    except (ImportError, MsflowError) as err:
+        warnings.warn(f"no {LEVEL_PLOT}: {err}", stacklevel=2)
 
 
 def _periodic_checkpoint(write: Callable[[], None], path: Path, step: int, log: MetricsLog, bar: Any) -> None:
