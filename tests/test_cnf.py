@@ -19,6 +19,7 @@ from msflow.nn.odefunc import ConvVectorField, conv_vector_field
 from msflow.nn.subnets import subnet_precision
 from msflow.transforms import CNF, ODESolverConfig, SolverError, SolverSettings
 from msflow.transforms.cnf import gaussian_probe, skip_logdets
+from msflow.transforms.ode_solver import solver_errors_in_backward
 
 F64 = torch.float64
 TIGHT = ODESolverConfig.both(SolverSettings("dopri5", rtol=1e-10, atol=1e-10))
@@ -262,6 +263,35 @@ def test_solver_failure_raises_a_clear_error(solver: SolverSettings) -> None:
     assert "level 2 block 0" in message
     assert "rk4" in message and "step_size" in message
     assert solver.method in message
+
+
+class ArmedField(nn.Module):
+    """``x' = w x`` until armed, then ``-1000 x^3 |x|``: the adjoint's backward solve (which
+    re-evaluates the field) blows up although the forward solve was fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.1))
+        self.armed = False
+
+    def forward(self, t: Tensor, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        return -1000 * x.pow(3) * x.abs() if self.armed else self.w * x
+
+
+def test_a_failed_adjoint_backward_solve_names_the_block() -> None:
+    field = ArmedField()
+    settings = SolverSettings("dopri5", rtol=1e-6, atol=1e-6)
+    cnf = CNF(field, divergence="exact", solver=ODESolverConfig.both(settings), name="level 1 block 2").train()
+    z, logdet = cnf(torch.full((2, 1, 2, 2), 1.0))
+    field.armed = True
+    with pytest.raises(SolverError) as info, solver_errors_in_backward():
+        (z.sum() + logdet.sum()).backward()
+    message = str(info.value)
+    assert "level 1 block 2" in message and "adjoint's backward solve" in message
+    assert "underflow in dt" in message and "rk4" in message
+    # Outside any solve, an AssertionError is left alone.
+    with pytest.raises(AssertionError, match="not a solver"), solver_errors_in_backward():
+        raise AssertionError("not a solver")
 
 
 def test_conditional_cnf_needs_cond() -> None:

@@ -48,6 +48,7 @@ from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.objective import bpd_score, function_evaluations, make_objective
 from msflow.train.run import CHECKPOINT
+from msflow.transforms.ode_solver import solver_errors_in_backward
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 
@@ -287,7 +288,8 @@ def train(cfg: Config) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         grad_norm = torch.tensor(float("nan"))
         if torch.isfinite(loss):
-            loss.backward()
+            with solver_errors_in_backward():
+                loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         step += 1
         seen += len(idx)

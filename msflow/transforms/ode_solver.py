@@ -10,8 +10,9 @@ that names the block and says how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,7 +172,7 @@ def odesolve(
             out = odeint(func, state, t, **kwargs)
         else:
             kwargs.update(adjoint_params=tuple(adjoint_params), adjoint_rtol=settings.rtol, adjoint_atol=settings.atol)
-            out = odeint_adjoint(func, state, t, **kwargs)
+            out = odeint_adjoint(_Traced(func, name, settings), state, t, **kwargs)
     except AssertionError as err:
         raise SolverError(_failure(name, settings, str(err).split(":")[0][:200])) from err
     final = tuple(s[-1] for s in out)
@@ -179,6 +180,41 @@ def odesolve(
     if not all(bool(torch.isfinite(s).all()) for s in final):
         raise SolverError(_failure(name, settings, "non-finite state at the end of the solve"))
     return final
+
+
+class _Traced:
+    """Dynamics that note which solve called them last, so that a failure inside the adjoint's
+    backward solve (raised by torchdiffeq from ``loss.backward()``, far from :func:`odesolve`)
+    can still name its block; see :func:`solver_errors_in_backward`."""
+
+    last: tuple[str, SolverSettings] | None = None
+
+    def __init__(self, func: Callable, name: str, settings: SolverSettings) -> None:
+        self.func, self.where = func, (name, settings)
+
+    def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        _Traced.last = self.where
+        return self.func(t, state)
+
+
+@contextlib.contextmanager
+def solver_errors_in_backward() -> Iterator[None]:
+    """Turn a failed adjoint solve during ``backward()`` into a :class:`SolverError` naming the block.
+
+    Example:
+        >>> import torch
+        >>> with solver_errors_in_backward():
+        ...     torch.ones(1, requires_grad=True).sum().backward()
+    """
+    _Traced.last = None
+    try:
+        yield
+    except AssertionError as err:
+        if _Traced.last is None:  # not a solver's failure
+            raise
+        name, settings = _Traced.last
+        reason = str(err).split(":")[0][:200]
+        raise SolverError(_failure(name, settings, f"{reason}, in the adjoint's backward solve")) from err
 
 
 def _failure(name: str, settings: SolverSettings, reason: str) -> str:
@@ -200,4 +236,5 @@ __all__ = [
     "SolverSettings",
     "as_solver_config",
     "odesolve",
+    "solver_errors_in_backward",
 ]
