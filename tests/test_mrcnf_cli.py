@@ -139,3 +139,12 @@ def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Pa
     bicubic = [line.split() for line in text.splitlines() if line.startswith("bicubic")]
     assert len(bicubic) == 1 and float(bicubic[0][1]) > 25, text  # x2 bicubic of a photo: about 30 dB
     assert Image.open(tmp_path / "cat.png").size == (5 * 452 + 2, 304)  # 300x450 panels, 2-pixel padding
+
+
+def test_interpolate_refuses_a_multiresolution_model_in_one_line(levels: list[Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "assembled"
+    assert main(["assemble", *map(str, levels), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["interpolate", str(out), "--test-pairs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a MultiResolutionFlow" in err and "split priors" in err and len(err.strip().splitlines()) == 1

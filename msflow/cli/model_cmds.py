@@ -46,6 +46,7 @@ def _interpolation_pairs(args: argparse.Namespace, model: torch.nn.Module, cfg: 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
     from msflow.analysis.interpolate import interpolate, save_interpolation_grid
+    from msflow.models import MultiScaleFlow
     from msflow.train.evaluate import resolve_device
     from msflow.train.run import load_run
 
@@ -54,6 +55,11 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     if not all(0 <= lam < math.inf for lam in args.lambdas):
         raise ConfigError(f"--lambdas must be two finite numbers >= 0, got {args.lambdas}")
     model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
+    if not isinstance(model, MultiScaleFlow):
+        raise ConfigError(
+            f"{args.run} holds a {type(model).__name__}; interpolate optimises paths under the split priors of a "
+            "multi-scale flow (glow-*, realnvp-*, marscf-*, balanced-*)"
+        )
     pairs = _interpolation_pairs(args, model, cfg)
     rows = []
     print(f"{'pair':40s} {'bits/dim linear':>16s} {'optimised':>10s} {'latent bpd linear':>18s} {'optimised':>10s}")
