@@ -131,7 +131,7 @@ def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Pa
     # A bundled held-out photo of any size, as the ground truth: reduced, refined and scored.
     assert main(["superres", str(out), "chelsea", "--hr", "-n", "2", "-o", str(tmp_path / "cat.png")]) == 0
     text = capsys.readouterr().out
-    assert "300x450 ground truth" not in text and "150x225 ground truth, reduced" in text
+    assert "300x450 ground truth reduced to 150x225" in text
     rows = {
         line.split()[0] + line.split()[1]: line.split()[-2:] for line in text.splitlines() if line.startswith("sample ")
     }

@@ -121,8 +121,8 @@ def cmd_superres(args: argparse.Namespace) -> None:
     panels = [big, out.bicubic, *out.samples] + ([out.truth] if out.truth is not None else [])
     scale = max(1, 96 // (w * args.scale))
     path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=scale)
-    what = "ground truth, reduced by block averages" if args.hr else "input"
-    print(f"{args.image}: {h}x{w} {what} -> {args.n} x{args.scale} samples at temperature {args.temperature}")
+    what = f"{h * args.scale}x{w * args.scale} ground truth reduced to {h}x{w}" if args.hr else f"{h}x{w} input"
+    print(f"{args.image}: {what} -> {args.n} x{args.scale} samples at temperature {args.temperature}")
     print(f"wrote {path}: input (enlarged), bicubic, the samples" + (", the ground truth" if args.hr else ""))
     print(f"every {args.scale}x{args.scale} block of a sample averages to its input pixel before quantization")
     if out.scores:
@@ -140,6 +140,9 @@ def cmd_assemble(args: argparse.Namespace) -> None:
     from msflow.train.run import load_run
 
     path = assemble(args.runs, args.out)
+    if args.no_eval:
+        print(f"assembled {len(args.runs)} runs into {path} (not evaluated: msflow eval {args.out})")
+        return
     model, cfg, meta = load_run(args.out, resolve_device(args.device or "auto"))
     test = load_data(cfg, "test")
     totals, levels = dataset_level_bits_per_dim(model, test, cfg.train.eval_batch_size, cfg.train.seed, progress=True)
@@ -197,5 +200,6 @@ def register(sub: Any) -> None:
         help="one run folder per level; optionally one whole coarser model (progressive training) for the top levels",
     )  # fmt: skip
     p.add_argument("--out", type=folder_arg, required=True, help="the new run folder")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-set evaluation (slow for CNF levels)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_assemble)
