@@ -56,7 +56,6 @@ def dataset_bits_per_dim(
     return torch.cat(out)
 
 
-@evaluates
 def dataset_level_bits_per_dim(
     model: nn.Module, dataset: ImageDataset, batch_size: int = 500, seed: int = 0, progress: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -65,17 +64,13 @@ def dataset_level_bits_per_dim(
     One pass and the same seeded draws as :func:`dataset_bits_per_dim`, so the first output
     equals its result; the columns of the second, weighted by ``level_dims() / D``, add up to it.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    totals, levels = [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="eval", leave=False, disable=not progress):
-        total, per_level = model.bits_per_dim_by_level(dataset.images[start : start + batch_size].to(device), generator)
-        totals.append(total.to(torch.float64).cpu())
-        levels.append(torch.stack(per_level, 1).to(torch.float64).cpu())
-    model.train(was_training)
-    return torch.cat(totals), torch.cat(levels)
+
+    def score(m: nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
+        total, per_level = m.bits_per_dim_by_level(x, generator)
+        return torch.stack([total, *per_level], 1)
+
+    both = dataset_bits_per_dim(model, dataset, batch_size, seed, progress, score)
+    return both[:, 0], both[:, 1:]
 
 
 def evaluate(
