@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -33,6 +34,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         literal["deterministic"] = True
     cfg = replace(cfg, train=replace(cfg.train, **literal))
     result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
+        return
     print(bpd_line("test", result, cfg.data.name, cfg.train.seed))
     print(f"run folder: {result['run_dir']}")
     print("samples: " + ", ".join(result["samples"]))

@@ -42,6 +42,7 @@ from msflow.train.checkpoint import (
 )
 from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, config_to_dict
+from msflow.train.distributed import init_distributed, skip_noise
 from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
 from msflow.train.logdets import LogdetTracker
@@ -215,6 +216,7 @@ def train(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     run_dir = cfg.run_dir
     device = resolve_device(t.device)
+    ranks = init_distributed(device)
     if t.deterministic:
         make_deterministic()
     train_set, test_set = load_data(cfg, "train"), load_data(cfg, "test")
@@ -223,6 +225,7 @@ def train(cfg: Config) -> dict[str, Any]:
     objective = make_objective(model, t.objective, t.level)
     score = bpd_score(t.level)
     steps_per_epoch = len(train_set) // t.batch_size
+    first, stop = ranks.shard(t.batch_size)
     if steps_per_epoch == 0:
         raise ShapeError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images; lower it")
     o = cfg.optim
@@ -237,17 +240,19 @@ def train(cfg: Config) -> dict[str, Any]:
     def spent() -> float:
         return spent_before + clock_fn() - started
 
-    for folder in (run_dir, run_dir / "samples"):
-        remove_stale_temp_files(folder)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
-    logdets = LogdetTracker(model, run_dir, resume_step=step, seed=t.seed) if t.logdet_every else None
+    if ranks.main:
+        for folder in (run_dir, run_dir / "samples"):
+            remove_stale_temp_files(folder)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=step) if ranks.main else _NoLog()
+    logdets = LogdetTracker(model, run_dir, resume_step=step, seed=t.seed) if t.logdet_every and ranks.main else None
 
     def state() -> tuple[dict[str, Tensor], dict]:
         return _state_tensors(model, opt, ema, noise)
 
     def checkpoint(tensors: dict[str, Tensor], optim_meta: dict, results: dict | None = None) -> None:
         guard.train_seconds = spent()
-        save_checkpoint(ckpt, tensors, _meta(cfg, model, step, guard, optim_meta, results))
+        if ranks.main:
+            save_checkpoint(ckpt, tensors, _meta(cfg, model, step, guard, optim_meta, results))
 
     def rollback(why: str) -> int:
         """Reload the last checkpoint with a lower learning rate; returns its step."""
@@ -257,6 +262,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 "lower optim.lr or raise optim.warmup_steps"
             )
         lr_scale, rollbacks = guard.lr_scale * o.rollback_lr_factor, guard.rollbacks + 1
+        ranks.barrier()  # rank 0's last checkpoint is on disk
         back, _ = _resume(ckpt, cfg, model, opt, ema, noise)
         guard.bad_in_a_row, guard.lr_scale, guard.rollbacks = 0, lr_scale, rollbacks
         log.write({"step": step, "event": "rollback", "why": why, "to_step": back, "lr_scale": lr_scale})
@@ -269,33 +275,45 @@ def train(cfg: Config) -> dict[str, Any]:
             return evaluate(model, test_set, t.eval_batch_size, seed=t.seed, score=score)
 
     if step == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if ranks.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         checkpoint(*state())  # the state a roll-back returns to before the first periodic checkpoint
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not t.progress, dynamic_ncols=True)
+    show = t.progress and ranks.main
+    bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not show, dynamic_ncols=True)
     seen, clock = 0, time.perf_counter()
     model.train()
-    while step < t.steps and not (t.max_seconds and spent() >= t.max_seconds):
+    # Every rank must agree on when the time budget ends.
+    while step < t.steps and not ranks.any(bool(t.max_seconds) and spent() >= t.max_seconds):
         epoch, offset = divmod(step, steps_per_epoch)
         idx = epoch_order(len(train_set), t.seed, epoch)[offset * t.batch_size : (offset + 1) * t.batch_size]
+        idx = idx[first:stop]
         x = train_set.images[idx].to(device)
         lr = learning_rate(cfg, step) * guard.lr_scale
         for group in opt.param_groups:
             group["lr"] = lr
         nfe_before = function_evaluations(model)
+        noise_state = noise.get_state()
+        skip_noise(noise, first, x.shape[1:])  # the other ranks' images come first in the global batch
         with subnet_precision(t.precision):
             loss, logged = objective(model, x, noise)
+        if ranks.world > 1:  # every rank logs and decides on the global batch's mean
+            noise.set_state(noise_state)
+            skip_noise(noise, t.batch_size, x.shape[1:])
+            logged = {k: ranks.mean(v) for k, v in logged.items()}
         opt.zero_grad(set_to_none=True)
         grad_norm = torch.tensor(float("nan"))
-        if torch.isfinite(loss):
+        mean_loss = ranks.mean(loss.detach())
+        if torch.isfinite(mean_loss):
             with solver_errors_in_backward():
                 loss.backward()
+            ranks.average_gradients(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         step += 1
-        seen += len(idx)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        seen += len(idx) * ranks.world
+        if not (torch.isfinite(mean_loss) and torch.isfinite(grad_norm)):
             guard.bad_in_a_row += 1
-            event = {"step": step, "event": "skipped_non_finite_step", "loss": loss.item()}
+            event = {"step": step, "event": "skipped_non_finite_step", "loss": mean_loss.item()}
             log.write({**event, "in_a_row": guard.bad_in_a_row})
             if guard.bad_in_a_row >= o.max_bad_steps:
                 step = rollback(f"{guard.bad_in_a_row} steps in a row had a non-finite loss or gradient")
@@ -324,17 +342,20 @@ def train(cfg: Config) -> dict[str, Any]:
             continue
         if logdets is not None and _every(step, t.logdet_every):
             logdets.measure(x, step)
-        if _every(step, t.eval_every) and step < t.steps:
+        if _every(step, t.eval_every) and step < t.steps and ranks.main:
             result = eval_now()
             log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"]})
             bar.write(f"step {step}: test bits/dim {result['bpd']:.4f} +- {result['bpd_stderr']:.4f}")
-        if _every(step, t.sample_every) and t.num_samples:
+        if _every(step, t.sample_every) and t.num_samples and ranks.main:
             with ema.applied(model) if ema else nullcontext():
                 sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}")
         # Last, so a checkpoint of step s means that everything of step s (logs, grids) is done.
         if due and step < t.steps:
             _periodic_checkpoint(partial(checkpoint, *state()), ckpt, step, log, bar)
     bar.close()
+    if not ranks.main:  # rank 0 evaluates and writes the results
+        ranks.barrier()
+        return json.loads((run_dir / "results.json").read_text())
     if logdets is not None:
         logdets.plot()
     if hasattr(model, "level_dims"):
@@ -356,7 +377,15 @@ def train(cfg: Config) -> dict[str, Any]:
             "free some space and rerun the same command to finish"
         ) from None
     write_text(run_dir / "results.json", json.dumps(result, indent=2))
+    ranks.barrier()
     return result
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:  # noqa: D102
+        pass
 
 
 def _plot_levels(run_dir: Path) -> None:
