@@ -7,6 +7,7 @@ Example:
 """
 
 from msflow.data.dataset import ImageDataset, pad_images
+from msflow.data.pairs import PairedDataset
 from msflow.data.registry import get_dataset, list_datasets
 
-__all__ = ["ImageDataset", "get_dataset", "list_datasets", "pad_images"]
+__all__ = ["ImageDataset", "PairedDataset", "get_dataset", "list_datasets", "pad_images"]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from msflow.data.convert import to_shape
 from msflow.data.dataset import ImageDataset
-from msflow.data.registry import get_dataset, list_datasets
+from msflow.data.registry import PAIRED_DATASETS, get_dataset, list_datasets
 from msflow.errors import DataError, ShapeError
 
 Synthetic = Callable[[Tensor, torch.Generator], Tensor]
@@ -108,13 +108,13 @@ SYNTHETIC: dict[str, Synthetic] = {"constant": constant_images, "noise": noise_i
 
 
 def ood_choices() -> list[str]:
-    """Names accepted by :func:`load_ood_set`: the synthetic sets, then every dataset.
+    """Names accepted by :func:`load_ood_set`: the synthetic sets, then every image dataset (not task pairs).
 
     Example:
         >>> ood_choices()[:4]
         ['constant', 'noise', 'shuffled', 'mnist5k']
     """
-    return [*SYNTHETIC, *list_datasets()]
+    return [*SYNTHETIC, *(name for name in list_datasets() if name not in PAIRED_DATASETS)]
 
 
 def check_ood_names(names: Sequence[str]) -> None:
