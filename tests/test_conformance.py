@@ -24,6 +24,7 @@ from torch import Tensor
 from msflow.core import FlowSequential, Inverse, InvertibleModule
 from msflow.errors import DataError, ShapeError
 from msflow.nn import ConvVectorField, conv_subnet, resnet_subnet
+from msflow.nn.subnets import instance_norm_subnet
 from msflow.transforms import (
     CNF,
     ActNorm,
@@ -101,6 +102,11 @@ CASES = [
     Case(
         "additive-coupling-cond",
         lambda: AdditiveCoupling(4, subnet=subnet(), cond_channels=COND_CHANNELS),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case(  # Winkler et al.'s segmentation coupling: volume-preserving, instance-norm subnet (Table 7)
+        "additive-coupling-instancenorm-cond",
+        lambda: AdditiveCoupling(4, subnet=instance_norm_subnet(8), cond_channels=COND_CHANNELS),
         cond_channels=COND_CHANNELS,
     ),
     Case("permutation-reverse", lambda: ChannelPermutation(4, "reverse")),

@@ -17,8 +17,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from msflow.analysis.cond_superres import crop_for, upscale
 from msflow.core import evaluation_context
 from msflow.data.dataset import downsample_images
+from msflow.data.pairs import downscale_bicubic
 from msflow.errors import ConfigError, ShapeError
 from msflow.metrics.fidelity import psnr, ssim
 
@@ -56,13 +58,17 @@ def check_output_size(h: int, w: int, scale: int) -> None:
 def superres(
     model: nn.Module,
     image: Tensor,
-    scale: int,
+    scale: int | None,
     temperature: float = 1.0,
     n: int = 4,
     generator: torch.Generator | None = None,
     hr: bool = False,
 ) -> SuperResolution:
     """Super-resolve one uint8 ``(C, H, W)`` image ``scale`` (2 or 4) times with ``model.superres``.
+
+    A conditional model (``cflow-sr*``, ``factorized-sr*``) upscales by its own scale (``scale``
+    may be ``None``), on an input of any size, and with ``hr=True`` reduces the ground truth by
+    antialiased bicubic, as its training pairs were made.
 
     With ``hr=True`` the image is the ground truth: it is cropped to a multiple of ``scale``,
     reduced by block averaging, and the samples and the bicubic baseline are scored against it.
@@ -76,6 +82,8 @@ def superres(
         >>> out.samples.shape, sorted(out.scores)
         (torch.Size([2, 3, 20, 24]), ['bicubic', 'sample 1', 'sample 2'])
     """
+    if hasattr(model, "cond_shape"):
+        return _conditional_superres(model, image, scale, temperature, n, generator, hr)
     levels = {2: 1, 4: 2}.get(scale)
     if levels is None:
         raise ValueError(f"scale must be 2 or 4, got {scale}")
@@ -98,12 +106,43 @@ def superres(
     with evaluation_context(model):
         samples = model.superres(low[None].to(device), levels, temperature, n, generator).cpu()
     up = bicubic(low, scale)
-    scores = {}
-    if truth is not None:
-        scores["bicubic"] = (psnr(up, truth), ssim(up, truth))
-        for i, sample in enumerate(samples):
-            scores[f"sample {i + 1}"] = (psnr(sample, truth), ssim(sample, truth))
-    return SuperResolution(low, up, samples, truth, scores)
+    return SuperResolution(low, up, samples, truth, _fidelity(up, samples, truth))
+
+
+def _conditional_superres(
+    model: nn.Module,
+    image: Tensor,
+    scale: int | None,
+    temperature: float,
+    n: int,
+    generator: torch.Generator | None,
+    hr: bool,
+) -> SuperResolution:
+    """:func:`superres` with a conditional model (``cflow-sr*``, ``factorized-sr*``): LR by antialiased bicubic."""
+    if scale not in (None, model.scale):
+        raise ConfigError(
+            f"this model does x{model.scale} super-resolution, not x{scale}; drop --scale or pass {model.scale}"
+        )
+    truth = None
+    if hr:
+        truth = crop_for(model, image)
+        low = downscale_bicubic(truth[None], model.scale)[0]
+    else:
+        low = image
+    check_output_size(*low.shape[-2:], model.scale)
+    samples = upscale(model, low, n, temperature, generator)
+    up = bicubic(low, model.scale)
+    return SuperResolution(low, up, samples, truth, _fidelity(up, samples, truth))
+
+
+def _fidelity(up: Tensor, samples: Tensor, truth: Tensor | None) -> dict[str, tuple[float, float]]:
+    """``(PSNR, SSIM)`` of the bicubic upsampling and of each sample against the ground truth."""
+    if truth is None:
+        return {}
+    scores = {"bicubic": (psnr(up, truth), ssim(up, truth))}
+    for i, sample in enumerate(samples):
+        scores[f"sample {i + 1}"] = (psnr(sample, truth), ssim(sample, truth))
+    return scores
 
 
 __all__ = ["MAX_OUTPUT_PIXELS", "SuperResolution", "bicubic", "check_output_size", "superres"]

@@ -109,22 +109,28 @@ def cmd_superres(args: argparse.Namespace) -> None:
     from msflow.viz import save_grid
 
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
-    if not hasattr(model, "superres"):
+    conditional = getattr(model, "task", None) == "superres"
+    if not hasattr(model, "superres") and not conditional:
         kind = type(model).__name__
-        raise ConfigError(f"{args.run} holds a {kind}; superres needs a multi-resolution model (mrcnf-*)")
+        raise ConfigError(
+            f"{args.run} holds a {kind}; superres needs a super-resolution model "
+            "(cflow-sr*, factorized-sr*) or a multi-resolution one (mrcnf-*)"
+        )
     model.eval()
     image = _superres_image(args.image, model.image_shape[0])
     generator = torch.Generator().manual_seed(args.seed)
-    out = superres(model, image, args.scale, args.temperature, args.n, generator, hr=args.hr)
+    factor = model.scale if conditional else args.scale or 2
+    out = superres(model, image, args.scale if conditional else factor, args.temperature, args.n, generator, hr=args.hr)
     h, w = out.low.shape[-2:]
-    big = out.low.repeat_interleave(args.scale, -1).repeat_interleave(args.scale, -2)
+    big = out.low.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
     panels = [big, out.bicubic, *out.samples] + ([out.truth] if out.truth is not None else [])
-    scale = max(1, 96 // (w * args.scale))
+    scale = max(1, 96 // (w * factor))
     path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=scale)
-    what = f"{h * args.scale}x{w * args.scale} ground truth reduced to {h}x{w}" if args.hr else f"{h}x{w} input"
-    print(f"{args.image}: {what} -> {args.n} x{args.scale} samples at temperature {args.temperature}")
+    what = f"{h * factor}x{w * factor} ground truth reduced to {h}x{w}" if args.hr else f"{h}x{w} input"
+    print(f"{args.image}: {what} -> {args.n} x{factor} samples at temperature {args.temperature}")
     print(f"wrote {path}: input (enlarged), bicubic, the samples" + (", the ground truth" if args.hr else ""))
-    print(f"every {args.scale}x{args.scale} block of a sample averages to its input pixel before quantization")
+    if not conditional:
+        print(f"every {factor}x{factor} block of a sample averages to its input pixel before quantization")
     if out.scores:
         print(f"{'':<10} {'PSNR (dB)':>10} {'SSIM':>7}")
         for name, (p, q) in out.scores.items():
@@ -180,10 +186,13 @@ def register(sub: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("superres", help="x2 or x4 super-resolution with a multi-resolution model (MRCNF, Fig. 3)")
+    p = sub.add_parser(
+        "superres",
+        help="x2 or x4 super-resolution with a conditional flow (cflow-sr*) or a multi-resolution one (mrcnf-*)",
+    )
     p.add_argument("run")
     p.add_argument("image", help="a low-resolution image of any size, or a bundled photo's name (e.g. chelsea)")
-    p.add_argument("--scale", type=int, choices=[2, 4], default=2)
+    p.add_argument("--scale", type=int, choices=[2, 4], help="mrcnf: 2 (default) or 4; conditional models: their own")
     p.add_argument("--hr", action="store_true", help="the image is the ground truth: reduce it, then score PSNR/SSIM")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0)
     p.add_argument("-n", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=8)

@@ -42,12 +42,18 @@ def reconstruction_errors(
     dtype = next(model.parameters()).dtype
     generator = torch.Generator().manual_seed(seed)
     images = dataset.images if max_images is None else dataset.images[:max_images]
+    conds = getattr(dataset, "conds", None)  # a conditional flow's conditions
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
-        v, _ = model.dequantizer(x, generator=generator, dtype=dtype)
-        zs, _ = model.encode(v)
-        error = (model.decode(zs) - v).abs().flatten(1).amax(dim=1)
+        if conds is None:
+            v, _ = model.dequantizer(x, generator=generator, dtype=dtype)
+            cond = None
+        else:
+            cond = conds[start : start + batch_size].to(device)
+            v = model.dequantize(x, cond, generator)
+        zs, _ = model.encode(v, cond)
+        error = (model.decode(zs, cond) - v).abs().flatten(1).amax(dim=1)
         out.append(error.to(torch.float64).cpu())
     model.train(was_training)
     return torch.cat(out)

@@ -13,22 +13,26 @@ from functools import partial
 from msflow.core import InvertibleModule, Shape
 from msflow.models._registry import register_model
 from msflow.models.multiscale import MultiScaleFlow, StepFactory, build_multiscale, make_preprocess
-from msflow.nn.subnets import conv_subnet
+from msflow.nn.subnets import SUBNETS, conv_subnet
 from msflow.transforms import COUPLINGS, ActNorm, ChannelPermutation, InvConv1x1
 
 
-def glow_step(hidden: int = 512, coupling: str = "affine", scale: str = "sigmoid", lu: bool = True) -> StepFactory:
-    """One Glow step: ActNorm, invertible 1x1 conv, coupling with a ``hidden``-wide subnet."""
+def glow_step(
+    hidden: int = 512, coupling: str = "affine", scale: str = "sigmoid", lu: bool = True, subnet: str = "convnet"
+) -> StepFactory:
+    """One Glow step: ActNorm, invertible 1x1 conv, coupling with a ``hidden``-wide ``subnet`` (see SUBNETS)."""
     if coupling not in COUPLINGS:
         raise ValueError(f"unknown coupling {coupling!r}; choose one of {sorted(COUPLINGS)}")
-    coupling_cls = COUPLINGS[coupling]
+    if subnet not in SUBNETS:
+        raise ValueError(f"unknown subnet {subnet!r}; choose one of {sorted(SUBNETS)}")
+    coupling_cls, net = COUPLINGS[coupling], SUBNETS[subnet]
     extra = {"scale": scale} if coupling == "affine" else {}
 
     def step(channels: int, cond_channels: int) -> Sequence[InvertibleModule]:
         return [
             ActNorm(channels),
             InvConv1x1(channels, lu=lu),
-            coupling_cls(channels, subnet=conv_subnet(hidden), cond_channels=cond_channels, **extra),
+            coupling_cls(channels, subnet=net(hidden), cond_channels=cond_channels, **extra),
         ]
 
     return step

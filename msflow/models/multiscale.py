@@ -96,8 +96,8 @@ class MultiScaleFlow(ImageFlow):
         # layout the model is built in; Module.to(device) and load_state_dict keep it.
         self.to(memory_format=torch.channels_last)
 
-    def _trace_shapes(self) -> list[Shape]:
-        shapes, shape = [], self.preprocess.output_shape(self.image_shape)
+    def _trace_shapes(self, image_shape: Shape | None = None) -> list[Shape]:
+        shapes, shape = [], self.preprocess.output_shape(image_shape or self.image_shape)
         for i, (level, keep) in enumerate(zip(self.levels, self.keep, strict=True)):
             try:
                 shape = level.output_shape(shape)
@@ -125,9 +125,13 @@ class MultiScaleFlow(ImageFlow):
     def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
         """Continuous images ``v`` in [0, 1) -> (latents fine to coarse, log|det d eps / d v|)."""
         check_image(v, self.image_shape, type(self).__name__)
+        return self._encode_with(v, self._features(cond))
+
+    def _encode_with(self, v: Tensor, feats: Sequence[Any]) -> tuple[list[Tensor], Tensor]:
+        """:meth:`encode` given each level's condition features."""
         h, logdet = self.preprocess(v)
         zs = []
-        for level, keep, feat in zip(self.levels, self.keep, self._features(cond), strict=True):
+        for level, keep, feat in zip(self.levels, self.keep, feats, strict=True):
             h, ld = level(h, feat)
             logdet = logdet + ld
             zs.append(h[:, keep:])
@@ -136,10 +140,13 @@ class MultiScaleFlow(ImageFlow):
 
     def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
         """Latents fine to coarse -> continuous images ``v`` (the inverse of :meth:`encode`)."""
+        return self._decode_with(zs, self._features(cond))
+
+    def _decode_with(self, zs: Sequence[Tensor], feats: Sequence[Any]) -> Tensor:
+        """:meth:`decode` given each level's condition features."""
         if len(zs) != len(self.levels):
             raise ValueError(f"expected {len(self.levels)} latents (fine to coarse), got {len(zs)}")
         h = None
-        feats = self._features(cond)
         for i in reversed(range(len(self.levels))):
             h = zs[i] if h is None else torch.cat([h, zs[i]], dim=1)
             h, _ = self.levels[i].inverse(h, feats[i])
@@ -200,6 +207,18 @@ def build_multiscale(
         cond_channels: channels of the condition features at each level (default none).
         cond_encoder: network producing those features from a raw condition.
     """
+    levels, keep = multiscale_levels(image_shape, num_levels, steps_per_level, step, cond_channels)
+    return MultiScaleFlow(image_shape, levels, keep, preprocess, n_bits, cond_encoder)
+
+
+def multiscale_levels(
+    image_shape: Shape,
+    num_levels: int,
+    steps_per_level: int,
+    step: StepFactory,
+    cond_channels: Sequence[int] | None = None,
+) -> tuple[list[FlowSequential], list[int]]:
+    """The levels and ``keep`` counts of :func:`build_multiscale`, for containers that extend it."""
     if num_levels < 1 or steps_per_level < 1:
         raise ValueError(f"need at least one level and one step, got {num_levels} levels, {steps_per_level} steps")
     check_squeezable(tuple(image_shape), num_levels)
@@ -217,4 +236,4 @@ def build_multiscale(
         levels.append(FlowSequential(*blocks))
         keep.append(kept)
         channels = kept
-    return MultiScaleFlow(image_shape, levels, keep, preprocess, n_bits, cond_encoder)
+    return levels, keep

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,17 +39,20 @@ def subnet_precision(precision: str) -> Iterator[None]:
         _subnet_dtype = previous
 
 
-def run_subnet(net: nn.Module, inp: Tensor) -> Tensor:
+def run_subnet(net: nn.Module, inp: Tensor) -> Any:
     """Apply ``net`` under the active subnet precision; the result has ``inp``'s dtype.
 
     The output is cast back so that the invertible arithmetic that follows is done in full
     precision; the inverse recomputes the same network output, so the block stays exactly
-    invertible for the function it computes.
+    invertible for the function it computes. A network returning a list (a condition encoder's
+    per-level features) has each entry cast back.
     """
     if _subnet_dtype is None or inp.dtype == torch.float64:
         return net(inp)
     with torch.autocast(device_type=inp.device.type, dtype=_subnet_dtype):
         out = net(inp)
+    if isinstance(out, list | tuple):
+        return [o.to(inp.dtype) for o in out]
     return out.to(inp.dtype)
 
 
@@ -152,5 +156,34 @@ def resnet_subnet(hidden: int = 128) -> SubnetFactory:
     return factory
 
 
-SUBNETS: dict[str, Callable[[int], SubnetFactory]] = {"convnet": conv_subnet, "resnet": resnet_subnet}
+def instance_norm_subnet(hidden: int = 32) -> SubnetFactory:
+    """Winkler et al.'s segmentation coupling net (Table 7): conv 3x3 -> InstanceNorm -> ReLU -> zero-init conv 3x3.
+
+    Instance normalisation lives here, inside the network that computes a coupling's shift:
+    normalising the flow's own activations per image would discard each image's mean and scale,
+    which no invertible map may do.
+
+    Example:
+        >>> import torch
+        >>> net = instance_norm_subnet(hidden=8)(2, 2)
+        >>> net(torch.randn(1, 2, 4, 4)).abs().max().item()
+        0.0
+    """
+
+    def factory(in_channels: int, out_channels: int) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1),
+            nn.InstanceNorm2d(hidden, affine=True),
+            nn.ReLU(),
+            ZeroConv2d(hidden, out_channels, 3),
+        )
+
+    return factory
+
+
+SUBNETS: dict[str, Callable[[int], SubnetFactory]] = {
+    "convnet": conv_subnet,
+    "resnet": resnet_subnet,
+    "instancenorm": instance_norm_subnet,
+}
 """Coupling-network families by name; each maps ``hidden`` to a :data:`SubnetFactory`."""

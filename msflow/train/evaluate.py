@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from msflow.core import evaluates
 from msflow.data import ImageDataset
 from msflow.metrics.bpd import mean_and_stderr
+from msflow.train.objective import bpd_score
 from msflow.viz import save_grid
 
 
@@ -40,17 +41,23 @@ def dataset_bits_per_dim(
     The noise comes from a CPU generator seeded with ``seed`` and the batches are taken in
     order, so the same weights give the same numbers on every call (and on CPU and CUDA up to
     floating-point summation order). ``score(model, x, generator)`` replaces the model's
-    ``bits_per_dim`` (e.g. one level's bits/dim of a multi-resolution model).
+    ``bits_per_dim`` (e.g. one level's bits/dim of a multi-resolution model). A paired dataset's
+    conditions (``dataset.conds``) are passed along, for conditional models.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     out = []
+    conds = getattr(dataset, "conds", None)
     batches = range(0, len(dataset), batch_size)
     for start in tqdm(batches, desc="eval", leave=False, disable=not progress):
         x = dataset.images[start : start + batch_size].to(device)
-        values = model.bits_per_dim(x, generator=generator) if score is None else score(model, x, generator)
+        if conds is not None:
+            cond = conds[start : start + batch_size].to(device)
+            values = (score or bpd_score(None))(model, x, generator, cond)
+        else:
+            values = model.bits_per_dim(x, generator=generator) if score is None else score(model, x, generator)
         out.append(values.to(torch.float64).cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -89,13 +96,23 @@ def evaluate(
 
 @evaluates
 def sample_grids(
-    model: nn.Module, out_dir: Path, n: int, temperatures: Sequence[float], seed: int, tag: str
+    model: nn.Module,
+    out_dir: Path,
+    n: int,
+    temperatures: Sequence[float],
+    seed: int,
+    tag: str,
+    pairs: tuple[Tensor, Tensor] | None = None,
 ) -> list[Path]:
     """Write one PNG grid of ``n`` samples per temperature; returns the paths.
 
     A multi-resolution model also gets one grid per coarser resolution, ``{tag}_t{T}_{h}x{w}.png``:
-    the same samples at the resolutions they were generated through (MRCNF, Figures 6-7).
+    the same samples at the resolutions they were generated through (MRCNF, Figures 6-7). A
+    conditional model gets instead one grid of test ``pairs`` (targets, conditions) with a row per
+    condition: the condition, ``samples_per_row`` samples per temperature, the ground truth.
     """
+    if pairs is not None:
+        return [conditional_grid(model, *pairs, temperatures, seed, out_dir / f"{tag}.png")]
     was_training = model.training
     model.eval()
     paths = []
@@ -113,3 +130,42 @@ def sample_grids(
         paths.append(save_grid(images, out_dir / f"{name}.png", scale=scale))
     model.train(was_training)
     return paths
+
+
+def _as_rgb_display(images: Tensor, size: tuple[int, int], n_bits: int) -> Tensor:
+    """uint8 images resized (nearest) to ``size`` as 3-channel 0..255 pictures (masks: 0/255)."""
+    shown = images.to(torch.float32) * (255.0 / (2**n_bits - 1))
+    shown = torch.nn.functional.interpolate(shown, size=size, mode="nearest")
+    return shown.expand(-1, 3, -1, -1).round().to(torch.uint8) if shown.shape[1] == 1 else shown.to(torch.uint8)
+
+
+@evaluates
+def conditional_grid(
+    model: nn.Module,
+    targets: Tensor,
+    conds: Tensor,
+    temperatures: Sequence[float],
+    seed: int,
+    path: Path,
+    samples_per_row: int = 2,
+) -> Path:
+    """One PNG: per row a condition (nearest-upsampled), samples at each temperature, the target."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n_bits = 1 if getattr(model, "task", "") == "segment" else 8
+    size = tuple(targets.shape[-2:])
+    rows = []
+    for target, cond in zip(targets, conds, strict=True):
+        row = [_as_rgb_display(cond[None], size, 8)]
+        for temperature in temperatures:
+            generator = torch.Generator().manual_seed(seed)
+            drawn = model.sample(
+                samples_per_row, temperature=temperature, cond=cond[None].to(device), generator=generator
+            )
+            row.append(_as_rgb_display(drawn.cpu(), size, n_bits))
+        row.append(_as_rgb_display(target[None], size, n_bits))
+        rows.append(torch.cat(row))
+    model.train(was_training)
+    grid = torch.cat(rows)
+    return save_grid(grid, path, nrow=len(grid) // len(rows), scale=max(1, 96 // size[-1]))

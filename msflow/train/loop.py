@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from msflow._io import remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
 from msflow.data import ImageDataset, get_dataset
-from msflow.errors import CheckpointError, MsflowError, ShapeError
+from msflow.errors import CheckpointError, ConfigError, MsflowError, ShapeError
 from msflow.models import create_model
 from msflow.nn.subnets import subnet_precision
 from msflow.train.checkpoint import (
@@ -71,7 +71,28 @@ def load_data(cfg: Config, split: str) -> ImageDataset:
 
 
 def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
-    """Raise a :class:`ShapeError` naming the fix when data and model shapes differ."""
+    """Raise a :class:`ShapeError` naming the fix when data and model shapes differ.
+
+    A conditional model needs a paired dataset (targets with conditions) of its condition
+    shape, and an unconditional model refuses one.
+    """
+    model_cond, data_cond = getattr(model, "cond_shape", None), getattr(data, "cond_shape", None)
+    if model_cond is not None and data_cond is None:
+        raise ShapeError(
+            f"model {cfg.model.name!r} is conditional and needs a paired dataset (photos-sr2, photos-sr4, "
+            f"shapes-seg, drive); {cfg.data.name!r} has no conditions"
+        )
+    if model_cond is None and data_cond is not None:
+        raise ShapeError(
+            f"dataset {cfg.data.name!r} pairs targets with conditions; train a conditional model on it "
+            "(cflow-*, factorized-*; `msflow list`)"
+        )
+    if model_cond is not None and tuple(data_cond) != tuple(model_cond):
+        got, want = ("x".join(map(str, s)) for s in (data_cond, model_cond))
+        raise ShapeError(
+            f"dataset {cfg.data.name!r} has {got} conditions but model {cfg.model.name!r} expects {want}; "
+            "choose the preset for this task (e.g. cflow-sr4 for photos-sr4)"
+        )
     if tuple(data.image_shape) != tuple(model.image_shape):
         got, want = ("x".join(map(str, s)) for s in (data.image_shape, model.image_shape))
         smaller = data.image_shape[0] == model.image_shape[0] and data.image_shape[-1] < model.image_shape[-1]
@@ -223,6 +244,11 @@ def train(cfg: Config) -> dict[str, Any]:
     model = build_model(cfg, device)
     check_compatible(model, train_set, cfg)
     objective = make_objective(model, t.objective, t.level)
+    conds = getattr(train_set, "conds", None)
+    if conds is not None and t.logdet_every:
+        raise ConfigError("train.logdet_every tracks unconditional flows only; set it to 0 for a conditional model")
+    shown = min(t.num_samples, 8)  # a conditional grid has a row per test condition
+    pairs = (test_set.images[:shown], test_set.conds[:shown]) if conds is not None else None
     score = bpd_score(t.level)
     steps_per_epoch = len(train_set) // t.batch_size
     first, stop = ranks.shard(t.batch_size)
@@ -289,6 +315,7 @@ def train(cfg: Config) -> dict[str, Any]:
         idx = epoch_order(len(train_set), t.seed, epoch)[offset * t.batch_size : (offset + 1) * t.batch_size]
         idx = idx[first:stop]
         x = train_set.images[idx].to(device)
+        cond = conds[idx].to(device) if conds is not None else None
         lr = learning_rate(cfg, step) * guard.lr_scale
         for group in opt.param_groups:
             group["lr"] = lr
@@ -296,7 +323,7 @@ def train(cfg: Config) -> dict[str, Any]:
         noise_state = noise.get_state()
         skip_noise(noise, first, x.shape[1:])  # the other ranks' images come first in the global batch
         with subnet_precision(t.precision):
-            loss, logged = objective(model, x, noise)
+            loss, logged = objective(model, x, noise, cond)
         if ranks.world > 1:  # every rank logs and decides on the global batch's mean
             noise.set_state(noise_state)
             skip_noise(noise, t.batch_size, x.shape[1:])
@@ -348,7 +375,9 @@ def train(cfg: Config) -> dict[str, Any]:
             bar.write(f"step {step}: test bits/dim {result['bpd']:.4f} +- {result['bpd_stderr']:.4f}")
         if _every(step, t.sample_every) and t.num_samples and ranks.main:
             with ema.applied(model) if ema else nullcontext():
-                sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}")
+                sample_grids(
+                    model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}", pairs
+                )
         # Last, so a checkpoint of step s means that everything of step s (logs, grids) is done.
         if due and step < t.steps:
             _periodic_checkpoint(partial(checkpoint, *state()), ckpt, step, log, bar)
@@ -365,7 +394,7 @@ def train(cfg: Config) -> dict[str, Any]:
     grids = []
     if t.num_samples:
         with ema.applied(model) if ema else nullcontext():
-            grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final")
+            grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final", pairs)
     result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
     if step < t.steps:
         bar.write(f"stopped at step {step} of {t.steps}: train.max_seconds={t.max_seconds:g} was spent")

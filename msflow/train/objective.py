@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from msflow.errors import ConfigError
 
-Score = Callable[[nn.Module, Tensor, torch.Generator | None], Tensor]
+Score = Callable[..., Tensor]
+"""``score(model, x, generator, cond=None) -> (B,)`` per-image bits/dim."""
 OBJECTIVES = ("likelihood", "flow_matching")
 
 
@@ -33,7 +34,8 @@ class StepLoss(NamedTuple):
     logged: dict[str, Tensor]
 
 
-Objective = Callable[[nn.Module, Tensor, torch.Generator | None], StepLoss]
+Objective = Callable[..., StepLoss]
+"""``objective(model, x, generator, cond=None) -> StepLoss``; ``cond`` is a conditional model's condition batch."""
 
 
 def check_level(model: nn.Module, level: int | None) -> None:
@@ -52,8 +54,8 @@ def check_level(model: nn.Module, level: int | None) -> None:
 def bpd_score(level: int | None) -> Score:
     """Per-image bits/dim of the whole model, or of level ``level`` over its own dimensions."""
     if level is None:
-        return lambda model, x, generator: model.bits_per_dim(x, generator=generator)
-    return lambda model, x, generator: model.level_bits_per_dim(x, generator=generator, levels=[level])[0]
+        return lambda model, x, generator, cond=None: model.bits_per_dim(x, cond, generator=generator)
+    return lambda model, x, generator, cond=None: model.level_bits_per_dim(x, generator=generator, levels=[level])[0]
 
 
 def regularization(model: nn.Module) -> Tensor | float:
@@ -65,14 +67,18 @@ def regularization(model: nn.Module) -> Tensor | float:
 def _likelihood(level: int | None) -> Objective:
     score = bpd_score(level)
 
-    def objective(model: nn.Module, x: Tensor, generator: torch.Generator | None) -> StepLoss:
+    def objective(
+        model: nn.Module, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
+    ) -> StepLoss:
         logged: dict[str, Tensor] = {}
         if level is None and hasattr(model, "bits_per_dim_by_level"):
             total, per_level = model.bits_per_dim_by_level(x, generator)
             bpd = total.mean()
             logged.update({f"bpd_level{s}": b.detach().mean() for s, b in enumerate(per_level)})
+        elif hasattr(model, "training_bits_per_dim"):  # a surrogate loss (weighted cross-entropy)
+            bpd = model.training_bits_per_dim(x, cond, generator).mean()
         else:
-            bpd = score(model, x, generator).mean()
+            bpd = score(model, x, generator, cond).mean()
         reg = regularization(model)
         if isinstance(reg, Tensor):
             logged["reg"] = reg.detach()
@@ -82,7 +88,9 @@ def _likelihood(level: int | None) -> Objective:
 
 
 def _flow_matching(level: int | None) -> Objective:
-    def objective(model: nn.Module, x: Tensor, generator: torch.Generator | None) -> StepLoss:
+    def objective(
+        model: nn.Module, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
+    ) -> StepLoss:
         losses = model.level_flow_matching_losses(x, generator, None if level is None else [level])
         first = 0 if level is None else level
         logged = {f"fm_level{first + i}": v.detach().mean() for i, v in enumerate(losses)}

@@ -1,0 +1,151 @@
+"""``msflow segment | sr-table | seg-table``: conditional image-to-image tasks (Winkler et al.)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from msflow.cli._common import int_range, output_file, seed_arg, temperature_arg, write_json
+from msflow.errors import ConfigError
+
+
+def _load(run: str, device: str | None, task: str) -> tuple[Any, Any]:
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
+
+    model, cfg, _ = load_run(run, resolve_device(device or "auto"))
+    if getattr(model, "task", None) != task:
+        presets = {"superres": "cflow-sr*, factorized-sr*", "segment": "cflow-seg, factorized-seg"}[task]
+        raise ConfigError(f"{run} holds a {type(model).__name__}; this command needs a {task} model ({presets})")
+    model.eval()
+    return model, cfg
+
+
+def _segment_input(spec: str, cfg: Any, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``test:K`` (the run's K-th test pair: image and true mask) or an image path (no mask)."""
+    from msflow.analysis import load_image
+    from msflow.data.folder import image_header
+
+    if spec.startswith("test:"):
+        from msflow.train.loop import load_data
+
+        test = load_data(cfg, "test")
+        k = int_range(0, len(test) - 1, f"a test index in [0, {len(test) - 1}]")(spec[5:])
+        return test.conds[k], test.images[k]
+    (w, h), _ = image_header(Path(spec))
+    return load_image(Path(spec), (channels, h, w)), None
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from msflow.analysis.segment import segment
+    from msflow.metrics.segmentation import max_f_score, precision_recall_curve
+    from msflow.viz import save_grid
+
+    model, cfg = _load(args.run, args.device, "segment")
+    image, truth = _segment_input(args.image, cfg, model.cond_shape[0])
+    out = segment(model, image, args.n, args.threshold, torch.Generator().manual_seed(args.seed))
+    mean = (out.mean * 255).round().to(torch.uint8)
+    panels = [image, mean.expand(3, -1, -1), (out.mask * 255).expand(3, -1, -1)]
+    if truth is not None:
+        panels.append((truth * 255).expand(3, -1, -1))
+    path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=max(1, 128 // image.shape[-1]))
+    shown = "image, mean of samples, mean >= " + f"{args.threshold:g}" + (", true mask" if truth is not None else "")
+    print(f"{args.image}: {args.n} sampled masks; wrote {path}: {shown}")
+    fraction, sampled = out.mask.float().mean().item(), out.samples.float().mean().item()
+    print(f"foreground: {fraction:.2%} of the thresholded mean's pixels, {sampled:.2%} of sampled pixels")
+    if truth is not None:
+        best = max_f_score(precision_recall_curve(out.mean[None], truth[None]))
+        print(f"max F-score of the mean against the true mask: {best.f:.4f} (threshold {best.threshold:.3f})")
+
+
+def cmd_sr_table(args: argparse.Namespace) -> None:
+    from msflow.analysis.cond_superres import format_table, superres_table
+    from msflow.data.pairs import photo_pairs
+
+    flow, _ = _load(args.flow_run, args.device, "superres")
+    baseline = _load(args.baseline_run, args.device, "superres")[0] if args.baseline_run else None
+    if baseline is not None and baseline.scale != flow.scale:
+        raise ConfigError(
+            f"the flow does x{flow.scale} and the baseline x{baseline.scale}; compare models of one scale"
+        )
+    photos = photo_pairs("test", flow.scale)
+    if args.photos:
+        unknown = sorted(set(args.photos) - set(photos))
+        if unknown:
+            raise ConfigError(f"not held-out photos: {', '.join(unknown)}; choose from {', '.join(photos)}")
+        photos = {k: photos[k] for k in args.photos}
+    rows = superres_table(flow, baseline, photos, args.temperatures, args.seed)
+    title = (
+        f"x{flow.scale} super-resolution of the {len(photos)} held-out photos ({', '.join(photos)}), means per photo"
+    )
+    print(format_table(rows, title))
+    if args.json:
+        write_json(args.json, {"photos": list(photos), "rows": [vars(r) for r in rows]})
+
+
+def cmd_seg_table(args: argparse.Namespace) -> None:
+    from msflow.analysis.pr_plot import plot_precision_recall
+    from msflow.analysis.segment import evaluate_segmentation, format_segmentation_table, names_for
+    from msflow.train.loop import load_data
+
+    loaded = [_load(run, args.device, "segment") for run in args.runs]
+    test = load_data(loaded[0][1], "test")
+    fov = getattr(test, "fov", None)
+    if args.limit:
+        test.images, test.conds = test.images[: args.limit], test.conds[: args.limit]
+        fov = fov[: args.limit] if fov is not None else None
+    names = names_for(args.runs, [m for m, _ in loaded])
+    results = {}
+    for name, (model, _) in zip(names, loaded, strict=True):
+        print(f"evaluating {name}: bits/dim, then {args.n} samples per test image")
+        results[name] = evaluate_segmentation(model, test.images, test.conds, args.n, args.seed, fov)
+    print(f"\n{len(test)} test images of {test.name}\n")
+    print(format_segmentation_table(results, args.n))
+    path = plot_precision_recall(
+        {k: r.curve for k, r in results.items()}, {k: r.points for k, r in results.items()}, args.output
+    )
+    print(f"\nwrote {path}: precision-recall curves (dots: maximal F) and per-sample points (Figure 5)")
+    if args.json:
+        payload = {
+            k: {"bpd": r.bpd, "bpd_stderr": r.bpd_stderr, "max_f": r.max_f, "threshold": r.threshold}
+            for k, r in results.items()
+        }
+        write_json(args.json, payload)
+
+
+def register(sub: Any) -> None:
+    """Add this module's subcommands to ``sub`` (an argparse subparsers object)."""
+    p = sub.add_parser("segment", help="segment an image with a conditional model: mean of sampled masks, thresholded")
+    p.add_argument("run")
+    p.add_argument("image", help="an image file, or test:K for the run's K-th test image (scored against its mask)")
+    p.add_argument("-n", type=int_range(1, 10_000, "a number of samples in [1, 10000]"), default=100)
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold of the mean of samples")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("-o", "--output", type=output_file, default="segment.png")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("sr-table", help="Table 2: bicubic, factorized baseline and flow on the held-out photos")
+    p.add_argument("flow_run", metavar="FLOW_RUN")
+    p.add_argument("baseline_run", metavar="BASELINE_RUN", nargs="?")
+    p.add_argument("--temperatures", type=temperature_arg, nargs="+", default=[0.0, 0.5, 0.8])
+    p.add_argument("--photos", nargs="+", metavar="NAME", help="a subset of the held-out photos")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--json", type=output_file, help="also write the rows here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_sr_table)
+
+    p = sub.add_parser(
+        "seg-table", help="Table 3 and Figure 5: bits/dim, max F-score and PR curves of segmentation runs"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("-n", type=int_range(1, 10_000, "a number of samples in [1, 10000]"), default=100)
+    p.add_argument("--limit", type=int_range(0, 10**9, "a number of test images (0: all)"), default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("-o", "--output", type=output_file, default="precision_recall.png")
+    p.add_argument("--json", type=output_file, help="also write the numbers here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_seg_table)

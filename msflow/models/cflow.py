@@ -1,0 +1,276 @@
+"""Conditional flows for image-to-image tasks (Winkler et al., "Learning likelihoods with conditional
+normalizing flows"): super-resolution and binary segmentation.
+
+A multi-scale flow models ``p(y | x)`` for a target ``y`` given a condition image ``x``
+(section 3.1, eq. 7). The condition is encoded once, ``h = g(x)``, into one feature map per
+level; the couplings, the split priors and the final prior all read their level's features:
+
+- conditional coupling: ``y_b' = s(y_a, h) * y_b + t(y_a, h)``;
+- conditional split prior: ``p(z_1 | z_0, x) = N(mu(z_0, h), sigma(z_0, h))``;
+- conditional prior: ``p(z | x) = N(mu(h), sigma(h))`` (the last level's split prior with nothing
+  kept).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from msflow.core import InvertibleModule, Shape
+from msflow.distributions import standard_normal_log_prob, standard_normal_sample
+from msflow.errors import ShapeError
+from msflow.metrics.bpd import bits_per_dim
+from msflow.models._registry import register_model
+from msflow.models.glow import glow_step
+from msflow.models.multiscale import MultiScaleFlow, make_preprocess, multiscale_levels
+from msflow.nn.conditioners import SRConditioner, VGGConditioner
+from msflow.nn.subnets import SUBNETS, run_subnet
+from msflow.transforms import UniformDequantize
+from msflow.transforms.binary_dequant import BinaryDequantize
+
+
+def condition_to_float(cond: Tensor, dtype: torch.dtype) -> Tensor:
+    """A ``uint8`` condition image (or floats in [0, 1]) as floats centred on 0, in [-1/2, 1/2]."""
+    scaled = cond.to(dtype) / 255.0 if not cond.is_floating_point() else cond.to(dtype)
+    return scaled - 0.5
+
+
+def check_condition(cond: Any, cond_shape: Shape, scale: int, target_hw: tuple[int, int] | None, who: str) -> Tensor:
+    """Raise :class:`ShapeError` naming the expected shape unless ``cond`` fits a model.
+
+    ``cond`` must be ``(B, C_cond, h, w)`` with the model's channel count; given a target of
+    ``target_hw``, ``h, w`` must be the target's sides divided by ``scale``.
+    """
+    if cond is None:
+        raise ValueError(f"{who} models p(target | condition) and needs cond=... (a (B, {cond_shape[0]}, h, w) image)")
+    if not isinstance(cond, Tensor) or cond.dim() != 4:
+        got = f"a {cond.dim()}-D tensor" if isinstance(cond, Tensor) else type(cond).__name__
+        raise ShapeError(f"{who} expects condition images (B, {cond_shape[0]}, h, w), got {got}")
+    c, h, w = cond.shape[1:]
+    if c != cond_shape[0]:
+        kinds = {1: "greyscale", 3: "RGB"}
+        want = kinds.get(cond_shape[0], f"{cond_shape[0]}-channel")
+        raise ShapeError(f"{who} expects {want} condition images ({cond_shape[0]} channels), got {c} channels")
+    if target_hw is not None and (h * scale, w * scale) != tuple(target_hw):
+        th, tw = target_hw
+        what = f"x{scale} super-resolution" if scale > 1 else "segmentation"
+        raise ShapeError(
+            f"{who} does {what}: a {th}x{tw} target needs a {th // scale}x{tw // scale} condition "
+            f"({cond_shape[0]}x{th // scale}x{tw // scale}), got {c}x{h}x{w}"
+        )
+    return cond
+
+
+class ConditionalFlow(MultiScaleFlow):
+    r"""``p(y | x)`` by a multi-scale flow whose every block reads features ``h = g(x)`` (eq. 7).
+
+    .. math::
+
+        \log p(y \mid x) = \log \mathcal N(f(y; h); 0, I) + \log|\det \partial f(y; h) / \partial y|
+
+    The flow is convolutional, so a model trained on 32x32 targets also runs on whole photos
+    whose sides divide by ``2^levels`` (the ``msflow superres`` command pads and crops).
+
+    Args:
+        image_shape: ``(C, H, W)`` of the targets it is trained on.
+        cond_shape: ``(C, h, w)`` of the conditions; ``H / h`` is the super-resolution scale.
+        levels, keep, preprocess: as in :class:`MultiScaleFlow`.
+        conditioner: network mapping a condition in [-1/2, 1/2] to one feature map per level.
+        dequantizer: :class:`UniformDequantize` or :class:`BinaryDequantize` (binary targets).
+
+    Example:
+        >>> import torch
+        >>> from msflow import create_model
+        >>> model = create_model("cflow-sr2", steps=1, hidden=8, features=8, blocks=1, growth=4)
+        >>> hr = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+        >>> lr = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+        >>> model.bits_per_dim(hr, lr).shape
+        torch.Size([2])
+        >>> model.sample(3, temperature=0.5, cond=lr[:1]).shape
+        torch.Size([3, 3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        image_shape: Shape,
+        cond_shape: Shape,
+        levels: Sequence[InvertibleModule],
+        keep: Sequence[int],
+        preprocess: InvertibleModule,
+        conditioner: nn.Module,
+        dequantizer: nn.Module,
+    ) -> None:
+        super().__init__(image_shape, levels, keep, preprocess, dequantizer.n_bits, conditioner)
+        self.dequantizer = dequantizer
+        self.cond_shape = tuple(cond_shape)
+        self.scale = image_shape[-1] // cond_shape[-1]
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def task(self) -> str:
+        """``"superres"`` when the condition is smaller than the target, else ``"segment"``."""
+        return "superres" if self.scale > 1 else "segment"
+
+    def _check_target(self, y: Tensor) -> None:
+        c, *_ = self.image_shape
+        side = 2 ** len(self.levels)
+        if y.dim() != 4 or y.shape[1] != c or y.shape[-2] % side or y.shape[-1] % side:
+            got = "x".join(map(str, y.shape[1:])) if y.dim() == 4 else f"a {y.dim()}-D tensor"
+            raise ShapeError(
+                f"{type(self).__name__} expects targets (B, {c}, H, W) with H and W divisible by {side}, got {got}; "
+                "pad the images (msflow superres pads and crops automatically)"
+            )
+
+    def condition_features(self, cond: Any, target_hw: tuple[int, int] | None, dtype: torch.dtype) -> list[Tensor]:
+        """Each level's features ``h = g(x)`` of a checked condition, under the subnet precision."""
+        cond = check_condition(cond, self.cond_shape, self.scale, target_hw, type(self).__name__)
+        c = condition_to_float(cond.to(next(self.parameters()).device), dtype)
+        return list(run_subnet(self.cond_encoder, c.contiguous(memory_format=torch.channels_last)))
+
+    def _features(self, cond: Any) -> list[Tensor]:
+        return self.condition_features(cond, None, next(self.parameters()).dtype)
+
+    def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
+        """Continuous targets ``v`` and conditions -> (latents fine to coarse, log-det)."""
+        self._check_target(v)
+        return self._encode_with(v, self.condition_features(cond, tuple(v.shape[-2:]), v.dtype))
+
+    def _dequantize(
+        self, x: Tensor, feats: Sequence[Tensor], generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        dtype = next(self.parameters()).dtype
+        if isinstance(self.dequantizer, BinaryDequantize):
+            return self.dequantizer(x, feats[0], generator=generator, dtype=dtype)
+        return self.dequantizer(x, generator=generator, dtype=dtype)
+
+    def dequantize(self, x: Tensor, cond: Any, generator: torch.Generator | None = None) -> Tensor:
+        """One continuous ``v`` of integer targets ``x`` (binary noise depends on the condition)."""
+        self._check_target(x)
+        feats = self.condition_features(cond, tuple(x.shape[-2:]), next(self.parameters()).dtype)
+        return self._dequantize(x, feats, generator)[0]
+
+    def _dequantized_terms(self, x: Tensor, cond: Any, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        self._check_target(x)
+        feats = self.condition_features(cond, tuple(x.shape[-2:]), next(self.parameters()).dtype)
+        v, log_q = self._dequantize(x, feats, generator)
+        zs, logdet = self._encode_with(v, feats)
+        return logdet + sum(standard_normal_log_prob(z) for z in zs), log_q
+
+    def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
+        """``(B,)`` conditional bits/dim of targets ``x`` given ``cond``, with one dequantization draw."""
+        log_p_v, log_q = self._dequantized_terms(x, cond, generator)
+        dims = math.prod(x.shape[1:])
+        return bits_per_dim(log_p_v, dims, getattr(self.dequantizer, "scale_bits", self.dequantizer.n_bits), log_q)
+
+    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
+        r"""``(B,)`` lower bound on ``log P(x | cond)`` in nats."""
+        return -self.bits_per_dim(x, cond, generator) * (math.prod(x.shape[1:]) * math.log(2.0))
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, temperature: float = 1.0, cond: Any = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw ``n`` targets ``(n, C, H, W)`` given ``cond`` of batch 1 (repeated) or ``n``.
+
+        Temperature 0 gives the flow's image of the prior's mean, the "mode" of Figure 3.
+        """
+        cond = check_condition(cond, self.cond_shape, self.scale, None, type(self).__name__)
+        if cond.shape[0] not in (1, n):
+            raise ShapeError(f"give one condition image or n={n} of them, got {cond.shape[0]}")
+        h, w = cond.shape[-2] * self.scale, cond.shape[-1] * self.scale
+        p = next(self.parameters())
+        feats = [f.expand(n, *f.shape[1:]) for f in self.condition_features(cond, (h, w), p.dtype)]
+        shapes = self._trace_shapes((self.image_shape[0], h, w))
+        zs = [standard_normal_sample((n, *s), temperature, generator, p.device, p.dtype) for s in shapes]
+        return self.dequantizer.quantize(self._decode_with(zs, feats))
+
+
+def _conditional_flow(
+    image_shape: Shape,
+    cond_shape: Shape,
+    conditioner: nn.Module,
+    levels: int,
+    steps: int,
+    hidden: int,
+    coupling: str,
+    subnet: str,
+    dequantizer: nn.Module,
+) -> ConditionalFlow:
+    step = glow_step(hidden, coupling, "sigmoid", True, subnet)
+    blocks, keep = multiscale_levels(image_shape, levels, steps, step, conditioner.level_channels)
+    return ConditionalFlow(image_shape, cond_shape, blocks, keep, make_preprocess("center"), conditioner, dequantizer)
+
+
+def cflow_superres(
+    scale: int = 2,
+    size: int = 32,
+    channels: int = 3,
+    levels: int = 2,
+    steps: int = 8,
+    hidden: int = 128,
+    features: int = 64,
+    blocks: int = 4,
+    growth: int = 32,
+) -> ConditionalFlow:
+    """Super-resolution flow ``p(HR | LR)`` (section 5.1): Glow steps with conditional affine couplings
+    and an RRDB conditioner. The paper's size is ``steps=8, hidden=512, features=128, blocks=16``."""
+    if size % scale:
+        raise ValueError(f"size {size} is not a multiple of scale {scale}")
+    conditioner = SRConditioner(channels, scale, levels, features, blocks, growth)
+    shape, cond_shape = (channels, size, size), (channels, size // scale, size // scale)
+    return _conditional_flow(
+        shape, cond_shape, conditioner, levels, steps, hidden, "affine", "convnet", UniformDequantize(8)
+    )
+
+
+DEQUANTIZERS = ("binary", "uniform")
+
+
+def cflow_segment(
+    size: int = 64,
+    channels: int = 3,
+    levels: int = 2,
+    steps: int = 2,
+    hidden: int = 32,
+    vgg: Sequence[int] = (32, 64, 128),
+    dequantization: str = "binary",
+    coupling: str = "additive",
+    subnet: str = "instancenorm",
+    dequantizer_steps: int = 4,
+) -> ConditionalFlow:
+    """Binary segmentation flow ``p(mask | image)`` (section 5.2): volume-preserving (additive)
+    conditional couplings with instance-norm subnets (Table 7), a VGG-like conditioner (Table 4),
+    and binary variational dequantization (eq. 8) or, for the ablation, uniform noise."""
+    if dequantization not in DEQUANTIZERS:
+        raise ValueError(f"unknown dequantization {dequantization!r}; choose one of {', '.join(DEQUANTIZERS)}")
+    if subnet not in SUBNETS:
+        raise ValueError(f"unknown subnet {subnet!r}; choose one of {sorted(SUBNETS)}")
+    conditioner = VGGConditioner(channels, levels, tuple(vgg))
+    if dequantization == "binary":
+        deq: nn.Module = BinaryDequantize(1, conditioner.level_channels[0], dequantizer_steps, SUBNETS[subnet](hidden))
+    else:
+        deq = UniformDequantize(1)
+    shape, cond_shape = (1, size, size), (channels, size, size)
+    return _conditional_flow(shape, cond_shape, conditioner, levels, steps, hidden, coupling, subnet, deq)
+
+
+def _register_presets() -> None:
+    for scale in (2, 4):
+        register_model(
+            f"cflow-sr{scale}",
+            f"conditional flow for x{scale} super-resolution of 32x32 RGB patches (Winkler et al. 5.1)",
+        )(partial(cflow_superres, scale=scale))
+    register_model(
+        "cflow-sr2-paper", "cflow-sr2 at the paper's size: 8 steps, 512 hidden, RRDB 16 blocks x 128 (Tables 5, 6, 8)"
+    )(partial(cflow_superres, scale=2, steps=8, hidden=512, features=128, blocks=16, growth=32))
+    register_model(
+        "cflow-seg", "conditional flow for binary segmentation of 64x64 RGB images, binary dequantization (5.2)"
+    )(cflow_segment)
+
+
+_register_presets()

@@ -1,0 +1,129 @@
+"""Conditional flows through the training loop and the command line: `msflow train` on task pairs,
+`eval`, `superres` on a whole photo, `sr-table`, `segment`, `seg-table`, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from msflow.cli import main
+from runs import read_metrics
+
+COMMON = [
+    "train.steps=3",
+    "train.max_seconds=0",
+    "train.log_every=1",
+    "train.batch_size=4",
+    "train.eval_batch_size=250",
+    "train.progress=false",
+    "train.device=cpu",
+    "train.num_samples=2",
+    "optim.warmup_steps=1",
+]
+SR_OPTIONS = "model.options={steps: 1, hidden: 8, features: 8, blocks: 1, growth: 4}"
+SEG_OPTIONS = "{size: 64, hidden: 8, vgg: [4, 4, 4], dequantizer_steps: 1"
+
+
+def train(config: str, out: Path, *extra: str) -> Path:
+    assert main(["train", config, *COMMON, *extra, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sr_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("sr")
+    flow = train("photos-sr2-cflow", folder / "flow", SR_OPTIONS)
+    baseline = train("photos-sr2-factorized", folder / "baseline", "model.options={features: 8, blocks: 1, growth: 4}")
+    return flow, baseline
+
+
+@pytest.fixture(scope="module")
+def seg_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("seg")
+    return [
+        train("shapes-seg-cflow", folder / "binary", f"model.options={SEG_OPTIONS}, dequantization: binary}}"),
+        train("shapes-seg-cflow-uniform", folder / "uniform", f"model.options={SEG_OPTIONS}, dequantization: uniform}}"),
+        train("shapes-seg-factorized", folder / "factorized", "model.options={size: 64, vgg: [4, 4, 4]}"),
+    ]
+
+
+def test_training_logs_conditional_bits_per_dim_and_writes_a_pair_grid(sr_runs: tuple[Path, Path]) -> None:
+    for run in sr_runs:
+        records = read_metrics(run)
+        assert [r["step"] for r in records if "loss_bpd" in r] == [1, 2, 3]
+        final = [r for r in records if r.get("final")][0]
+        results = json.loads((run / "results.json").read_text())
+        assert results["n"] == 1118 and final["test_bpd"] == results["bpd"]
+        with Image.open(run / "samples" / "final.png") as grid:
+            # a row per test pair: condition, 2 samples at each of 3 temperatures, ground truth
+            assert grid.size[0] > 7 * grid.size[1] / 2
+
+
+def test_eval_of_a_conditional_run_matches_training(sr_runs: tuple[Path, Path], capsys) -> None:
+    flow, _ = sr_runs
+    assert main(["eval", str(flow)]) == 0
+    bpd = json.loads((flow / "results.json").read_text())["bpd"]
+    assert f"{bpd:.6f}" in capsys.readouterr().out
+
+
+def test_superres_of_a_whole_photo_of_odd_size(sr_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    flow, baseline = sr_runs
+    low = tmp_path / "low.png"
+    Image.new("RGB", (23, 17), (120, 80, 40)).save(low)
+    out = tmp_path / "up.png"
+    assert main(["superres", str(flow), str(low), "-n", "2", "-t", "0.5", "-o", str(out)]) == 0
+    assert "17x23 input -> 2 x2 samples" in capsys.readouterr().out
+    with Image.open(out) as grid:  # input, bicubic, 2 samples, each 46 pixels wide, in one row
+        assert grid.size[1] < grid.size[0] / 3
+    assert main(["superres", str(baseline), "chelsea", "--hr", "-n", "1", "-o", str(tmp_path / "b.png")]) == 0
+    assert "bicubic" in capsys.readouterr().out
+    assert main(["superres", str(flow), str(low), "--scale", "4"]) == 2
+    assert "x2 super-resolution, not x4" in capsys.readouterr().err
+
+
+def test_sr_table_prints_every_method(sr_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    flow, baseline = sr_runs
+    table = tmp_path / "table.json"
+    args = ["sr-table", str(flow), str(baseline), "--photos", "chelsea", "--temperatures", "0", "0.8"]
+    assert main([*args, "--json", str(table)]) == 0
+    out = capsys.readouterr().out
+    for method in ("bicubic", "factorized (mode)", "flow, T = 0 ", "flow, T = 0.8"):
+        assert method in out
+    rows = json.loads(table.read_text())["rows"]
+    assert [r["method"] for r in rows][0] == "bicubic" and all(r["psnr"] > 10 for r in rows)
+    assert main(["sr-table", str(flow), "--photos", "astronaut"]) == 2  # a training photo
+    assert "not held-out photos" in capsys.readouterr().err
+
+
+def test_segment_and_seg_table(seg_runs: list[Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seg.png"
+    assert main(["segment", str(seg_runs[0]), "test:0", "-n", "5", "-o", str(out)]) == 0
+    assert "max F-score of the mean against the true mask" in capsys.readouterr().out
+    assert out.exists()
+    plot, numbers = tmp_path / "pr.png", tmp_path / "pr.json"
+    args = ["seg-table", *map(str, seg_runs), "-n", "3", "--limit", "4", "-o", str(plot), "--json", str(numbers)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for name in ("flow, binary dequantization", "flow, uniform dequantization", "factorized (weighted Bernoulli)"):
+        assert name in printed
+    payload = json.loads(numbers.read_text())
+    assert all(0 <= r["max_f"] <= 1 and r["bpd"] > 0 for r in payload.values())
+    assert plot.stat().st_size > 0
+
+
+def test_mismatched_model_and_data_are_refused(tmp_path: Path, capsys) -> None:
+    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=photos-sr4", "--out", str(tmp_path / "a")]) == 2
+    assert "expects 3x16x16; choose the preset" in capsys.readouterr().err
+    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=mnist5k", "--out", str(tmp_path / "b")]) == 2
+    assert "needs a paired dataset" in capsys.readouterr().err
+    assert main(["train", "mnist5k-glow", *COMMON, "data.name=shapes-seg", "--out", str(tmp_path / "c")]) == 2
+    assert "train a conditional model" in capsys.readouterr().err
+
+
+def test_task_commands_refuse_other_models(sr_runs: tuple[Path, Path], capsys) -> None:
+    flow, _ = sr_runs
+    assert main(["segment", str(flow), "test:0"]) == 2
+    assert "needs a segment model (cflow-seg, factorized-seg)" in capsys.readouterr().err
