@@ -14,4 +14,5 @@ for model in cflow factorized; do
 done
 wait
 tail -n 3 "$out/cflow.log" "$out/factorized.log"
-.venv/bin/msflow sr-table "$out/cflow" "$out/factorized" --json "$out/table.json" | tee "$out/table.md"
+.venv/bin/msflow sr-table "$out/cflow" "$out/factorized" --json "$out/table.json" \
+  -o "$out/temperatures.png" | tee "$out/table.md"

@@ -45,7 +45,9 @@ def seg_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("seg")
     return [
         train("shapes-seg-cflow", folder / "binary", f"model.options={SEG_OPTIONS}, dequantization: binary}}"),
-        train("shapes-seg-cflow-uniform", folder / "uniform", f"model.options={SEG_OPTIONS}, dequantization: uniform}}"),
+        train(
+            "shapes-seg-cflow-uniform", folder / "uniform", f"model.options={SEG_OPTIONS}, dequantization: uniform}}"
+        ),
         train("shapes-seg-factorized", folder / "factorized", "model.options={size: 64, vgg: [4, 4, 4]}"),
     ]
 
@@ -88,12 +90,14 @@ def test_sr_table_prints_every_method(sr_runs: tuple[Path, Path], tmp_path: Path
     flow, baseline = sr_runs
     table = tmp_path / "table.json"
     args = ["sr-table", str(flow), str(baseline), "--photos", "chelsea", "--temperatures", "0", "0.8"]
-    assert main([*args, "--json", str(table)]) == 0
+    assert main([*args, "--json", str(table), "-o", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr().out
+    with Image.open(tmp_path / "t.png") as grid:  # LR, bicubic, mode, 2 temperatures, truth in one row
+        assert grid.size[0] > 5 * grid.size[1]
     for method in ("bicubic", "factorized (mode)", "flow, T = 0 ", "flow, T = 0.8"):
         assert method in out
     rows = json.loads(table.read_text())["rows"]
-    assert [r["method"] for r in rows][0] == "bicubic" and all(r["psnr"] > 10 for r in rows)
+    assert [r["method"] for r in rows][0] == "bicubic" and all(r["psnr"] > 10 and r["detail"] > 0 for r in rows)
     assert main(["sr-table", str(flow), "--photos", "astronaut"]) == 2  # a training photo
     assert "not held-out photos" in capsys.readouterr().err
 
@@ -115,9 +119,14 @@ def test_segment_and_seg_table(seg_runs: list[Path], tmp_path: Path, capsys) -> 
 
 
 def test_mismatched_model_and_data_are_refused(tmp_path: Path, capsys) -> None:
-    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=photos-sr4", "--out", str(tmp_path / "a")]) == 2
+    assert (
+        main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=photos-sr4", "--out", str(tmp_path / "a")])
+        == 2
+    )
     assert "expects 3x16x16; choose the preset" in capsys.readouterr().err
-    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=mnist5k", "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=mnist5k", "--out", str(tmp_path / "b")]) == 2
+    )
     assert "needs a paired dataset" in capsys.readouterr().err
     assert main(["train", "mnist5k-glow", *COMMON, "data.name=shapes-seg", "--out", str(tmp_path / "c")]) == 2
     assert "train a conditional model" in capsys.readouterr().err

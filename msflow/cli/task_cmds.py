@@ -62,7 +62,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_sr_table(args: argparse.Namespace) -> None:
-    from msflow.analysis.cond_superres import format_table, superres_table
+    from msflow.analysis.cond_superres import format_table, superres_table, temperature_grid
     from msflow.data.pairs import photo_pairs
 
     flow, _ = _load(args.flow_run, args.device, "superres")
@@ -82,6 +82,11 @@ def cmd_sr_table(args: argparse.Namespace) -> None:
         f"x{flow.scale} super-resolution of the {len(photos)} held-out photos ({', '.join(photos)}), means per photo"
     )
     print(format_table(rows, title))
+    first = next(iter(photos))
+    grid = temperature_grid(flow, baseline, photos[first][0][0], args.output, args.temperatures, args.seed)
+    shown = "LR (enlarged), bicubic, " + ("factorized mode, " if baseline is not None else "")
+    temps = ", ".join(map(str, args.temperatures))
+    print(f"\nwrote {grid}: a central crop of {first}: {shown}the flow at T = {temps}, the truth")
     if args.json:
         write_json(args.json, {"photos": list(photos), "rows": [vars(r) for r in rows]})
 
@@ -133,6 +138,7 @@ def register(sub: Any) -> None:
     p.add_argument("baseline_run", metavar="BASELINE_RUN", nargs="?")
     p.add_argument("--temperatures", type=temperature_arg, nargs="+", default=[0.0, 0.5, 0.8])
     p.add_argument("--photos", nargs="+", metavar="NAME", help="a subset of the held-out photos")
+    p.add_argument("-o", "--output", type=output_file, default="superres_temperatures.png", help="Figure 3 grid")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--json", type=output_file, help="also write the rows here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

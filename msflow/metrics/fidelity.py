@@ -67,3 +67,31 @@ def ssim(x: Tensor, y: Tensor, luminance: bool = False) -> float:
 
 
 __all__ = ["psnr", "rmse", "ssim"]
+
+
+def detail_ratio(x: Tensor, reference: Tensor) -> float:
+    r"""High-frequency energy of ``x`` relative to ``reference``: ``var(L * x) / var(L * reference)``.
+
+    ``L`` is the 3x3 Laplacian, applied to the luma of RGB images, so the ratio says how much
+    fine detail (edges, texture, noise) an output has compared with the ground truth: a blurry
+    upsampling scores below 1, an output with the truth's texture near 1 (Winkler et al.'s
+    Figure 3: hotter samples show more high frequencies).
+
+    Example:
+        >>> import torch
+        >>> flat = torch.full((1, 8, 8), 100, dtype=torch.uint8)
+        >>> noisy = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8)
+        >>> detail_ratio(flat, noisy)
+        0.0
+    """
+    a, b = _pair(x, reference, luminance=True)
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)[None, None]
+
+    def energy(image: np.ndarray) -> float:
+        plane = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float64).mean(0, keepdim=True)
+        return torch.nn.functional.conv2d(plane[None], kernel).var().item()
+
+    ref = energy(b)
+    if ref == 0:
+        raise ShapeError("the reference has no high-frequency content (a constant image): no ratio to report")
+    return energy(a) / ref
