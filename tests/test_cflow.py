@@ -186,9 +186,23 @@ def _binary_dequantizer(randomize: Callable) -> tuple[BinaryDequantize, Tensor, 
 
 def test_binary_noise_lies_on_the_side_of_its_label(randomize: Callable) -> None:
     deq, y, h = _binary_dequantizer(randomize)
-    v, log_q = deq(y, h, seeded(0), torch.float64)
-    assert torch.equal(deq.quantize(v), y)
-    assert ((v > 0.5) == (y == 1)).all() and torch.isfinite(log_q).all()
+    w, log_q = deq(y, h, seeded(0), torch.float64)  # w = v - 1/2
+    assert torch.equal(deq.quantize(w), y)
+    assert ((w > 0) == (y == 1)).all() and torch.isfinite(log_q).all()
+
+
+def test_binary_labels_stay_apart_where_v_would_round_to_one_half() -> None:
+    """softplus(-20) = 2e-9: 1/2 + 2e-9 is 1/2 in float32, but the centred w keeps its sign."""
+    deq = BinaryDequantize(1, cond_channels=2, steps=1)
+    deq.flow[0].initialized.fill_(True)
+    y = torch.tensor([[[[0, 1], [1, 0]]]], dtype=torch.uint8)
+    h = torch.zeros(1, 2, 1, 1)
+    context = torch.cat([h, deq.squeeze(y.float() - 0.5)[0]], dim=1)
+    with torch.no_grad():  # the noise that the flow maps to u = -20 everywhere
+        eps, _ = deq.flow.inverse(torch.full((1, 4, 1, 1), -20.0), context)
+        w, _ = deq.from_noise(deq.squeeze.inverse(eps)[0], y, h)
+    assert torch.equal(deq.quantize(w), y) and (w.abs() > 1e-9).all()
+    assert (0.5 + w.abs() == 0.5).all()  # what the uncentred v would have been
 
 
 def test_binary_log_q_is_the_change_of_variables(randomize: Callable, jacobian_logabsdet: Callable) -> None:

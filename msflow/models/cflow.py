@@ -30,7 +30,7 @@ from msflow.models.glow import glow_step
 from msflow.models.multiscale import MultiScaleFlow, make_preprocess, multiscale_levels
 from msflow.nn.conditioners import SRConditioner, VGGConditioner
 from msflow.nn.subnets import SUBNETS, run_subnet
-from msflow.transforms import UniformDequantize
+from msflow.transforms import Affine, UniformDequantize
 from msflow.transforms.binary_dequant import BinaryDequantize
 
 
@@ -203,7 +203,9 @@ def _conditional_flow(
 ) -> ConditionalFlow:
     step = glow_step(hidden, coupling, "sigmoid", True, subnet)
     blocks, keep = multiscale_levels(image_shape, levels, steps, step, conditioner.level_channels)
-    return ConditionalFlow(image_shape, cond_shape, blocks, keep, make_preprocess("center"), conditioner, dequantizer)
+    # Binary dequantization already returns centred values v - 1/2 (see BinaryDequantize).
+    centre = Affine(1.0, 0.0) if isinstance(dequantizer, BinaryDequantize) else make_preprocess("center")
+    return ConditionalFlow(image_shape, cond_shape, blocks, keep, centre, conditioner, dequantizer)
 
 
 def cflow_superres(

@@ -42,6 +42,10 @@ class BinaryDequantize(nn.Module):
     ``y`` as ``v > 1/2``. Unlike uniform noise there is no bin width: ``scale_bits = 0`` in the
     bits/dim formula.
 
+    The dequantizer returns the centred ``w = v - 1/2 = sign(y - 1/2) softplus(u)`` (the flow
+    would subtract 1/2 first anyway): in float32, ``1/2 + softplus(u)`` rounds to exactly 1/2 for
+    ``u < -17``, which would put both labels on one point, while ``w`` keeps its sign.
+
     The standard-normal draw is made by the inverse CDF of one uniform per target dimension, so
     it consumes a generator exactly like :class:`UniformDequantize` (data-parallel ranks skip
     each other's noise the same way).
@@ -56,8 +60,8 @@ class BinaryDequantize(nn.Module):
         >>> import torch
         >>> deq = BinaryDequantize(1, cond_channels=3, steps=1)
         >>> y = torch.randint(0, 2, (2, 1, 4, 4), dtype=torch.uint8)
-        >>> v, log_q = deq(y, torch.randn(2, 3, 2, 2))
-        >>> bool(torch.equal(deq.quantize(v), y)), log_q.shape
+        >>> w, log_q = deq(y, torch.randn(2, 3, 2, 2))
+        >>> bool(torch.equal(deq.quantize(w), y)), log_q.shape
         (True, torch.Size([2]))
     """
 
@@ -94,7 +98,7 @@ class BinaryDequantize(nn.Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> tuple[Tensor, Tensor]:
-        """Returns ``(v, log q(v | y, h))`` for binary ``y`` and features ``cond`` (B, C_h, H/2, W/2)."""
+        """Returns ``(w = v - 1/2, log q(v | y, h))`` for binary ``y`` and features ``cond`` (B, C_h, H/2, W/2)."""
         self.check(y)
         where = generator.device if generator is not None else y.device
         u01 = torch.rand(y.shape, generator=generator, device=where, dtype=torch.float32).to(y.device, dtype)
@@ -102,15 +106,15 @@ class BinaryDequantize(nn.Module):
         return self.from_noise(eps, y, cond)
 
     def from_noise(self, eps: Tensor, y: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``(v, log q(v | y, h))`` for a given standard-normal draw ``eps`` of ``y``'s shape."""
+        """``(w = v - 1/2, log q(v | y, h))`` for a given standard-normal draw ``eps`` of ``y``'s shape."""
         cond = require_cond(self, cond)
         target, _ = self.squeeze(y.to(eps.dtype) - 0.5)
         noise, _ = self.squeeze(eps)
         u, logdet = self.flow(noise, torch.cat([cond.to(eps.dtype), target], dim=1))
         log_q = standard_normal_log_prob(eps) - logdet - F.logsigmoid(u).flatten(1).sum(1)
-        v, _ = self.squeeze.inverse(0.5 + torch.sign(target) * F.softplus(u))
-        return v, log_q
+        w, _ = self.squeeze.inverse(torch.sign(target) * F.softplus(u))
+        return w, log_q
 
-    def quantize(self, v: Tensor) -> Tensor:
-        """``y = [v > 1/2]`` as ``uint8``."""
-        return (v > 0.5).to(torch.uint8)
+    def quantize(self, w: Tensor) -> Tensor:
+        """``y = [v > 1/2] = [w > 0]`` as ``uint8``."""
+        return (w > 0).to(torch.uint8)
