@@ -290,3 +290,36 @@ def test_weighted_bernoulli_is_normalised_and_trains_on_its_numerator() -> None:
         logit = net.logits(x)
         expected = -(0.9 * torch.nn.functional.logsigmoid(logit)).mean() / math.log(2.0)
         torch.testing.assert_close(net.training_bits_per_dim(ones, x), expected.reshape(1), atol=1e-6, rtol=0)
+
+
+def test_bad_targets_and_condition_batches_are_refused(model) -> None:
+    y, x = pair(model, 2, 0)
+    c = model.image_shape[0]
+    with pytest.raises(ShapeError, match="2 targets but 1 conditions"):
+        model.bits_per_dim(y, x[:1])
+    with pytest.raises(ShapeError, match=f"{c}, H, W"):
+        model.bits_per_dim(torch.cat([y, y], dim=1), x)
+    with pytest.raises(DataError, match="0 and 1" if model.task == "segment" else r"\[0, 255\]"):
+        model.bits_per_dim(y.to(torch.int32) * 300, x)
+    with pytest.raises(DataError, match="divide by 255"):
+        model.bits_per_dim(y, x.float())  # floats in 0..255 are not [0, 1]
+
+
+def test_float_conditions_in_unit_range_equal_uint8_ones(model) -> None:
+    y, x = pair(model, 2, 0)
+    with torch.no_grad():
+        a = model.bits_per_dim(y, x, seeded(0))
+        b = model.bits_per_dim(y, x.double() / 255, seeded(0))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["cflow-seg", "factorized-seg"])
+def test_segment_pads_and_crops_images_of_any_size(name: str) -> None:
+    from msflow.analysis.segment import segment
+
+    torch.manual_seed(0)
+    net = msflow.create_model(name, **TINY[name]).eval()
+    image = torch.randint(0, 256, (3, 18, 22), dtype=torch.uint8)
+    out = segment(net, image, n=3, generator=seeded(0))
+    assert out.mean.shape == (1, 18, 22) and out.samples.shape == (3, 1, 18, 22)
+    assert ((out.mean >= 0) & (out.mean <= 1)).all()

@@ -26,9 +26,8 @@ from msflow.viz import save_grid
 
 
 def input_multiple(model: nn.Module) -> int:
-    """The low-resolution sides a model takes must divide by this (1 for the factorized baseline)."""
-    levels = len(getattr(model, "levels", ()))
-    side = 2**levels
+    """The condition sides a model takes must divide by this (1 for the factorized SR baseline)."""
+    side = model.target_multiple
     return side // math.gcd(side, model.scale)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from msflow.analysis.cond_superres import pad_to_multiple
+from msflow.analysis.cond_superres import input_multiple, pad_to_multiple
 from msflow.core import evaluation_context
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import mean_and_stderr
@@ -32,33 +32,50 @@ class Segmentation:
     samples: Tensor
 
 
+def _padded(model: nn.Module, images: Tensor) -> Tensor:
+    """Images padded (edge pixels repeated) to the model's size multiple; outputs are cropped back."""
+    if images.dim() != 4 or images.shape[1] != model.cond_shape[0]:
+        raise ShapeError(f"expected images (B, {model.cond_shape[0]}, H, W), got {tuple(images.shape)}")
+    return pad_to_multiple(images, input_multiple(model))
+
+
 @torch.no_grad()
 def sample_masks(
-    model: nn.Module, images: Tensor, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    model: nn.Module,
+    images: Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    max_batch_pixels: int = 2**21,
 ) -> Tensor:
     """``n`` masks per image: ``(n, B, 1, H, W)`` uint8 for uint8 images ``(B, C, H, W)`` of any size.
 
-    Images are padded (edge pixels repeated) to the flow's squeeze multiple and masks cropped back.
+    Masks are drawn in batches of at most ``max_batch_pixels`` pixels, so memory stays bounded
+    for whole photos and many samples.
     """
-    if images.dim() != 4 or images.shape[1] != model.cond_shape[0]:
-        raise ShapeError(f"expected images (B, {model.cond_shape[0]}, H, W), got {tuple(images.shape)}")
     h, w = images.shape[-2:]
-    padded = pad_to_multiple(images, 2 ** len(getattr(model, "levels", ())))
+    padded = _padded(model, images)
+    per_batch = max(1, max_batch_pixels // (padded.shape[-2] * padded.shape[-1]))
     device = next(model.parameters()).device
     out = []
     with evaluation_context(model):
         for image in padded:
-            drawn = model.sample(n, temperature=temperature, cond=image[None].to(device), generator=generator)
-            out.append(drawn.cpu()[..., :h, :w])
+            cond = image[None].to(device)
+            drawn = [
+                model.sample(min(per_batch, n - start), temperature, cond, generator).cpu()
+                for start in range(0, n, per_batch)
+            ]
+            out.append(torch.cat(drawn)[..., :h, :w])
     return torch.stack(out, dim=1)
 
 
 def soft_map(model: nn.Module, images: Tensor, samples: Tensor) -> Tensor:
     """The soft segmentation: a factorized model's probability, else the mean of ``samples``."""
     if hasattr(model, "probability"):
+        h, w = images.shape[-2:]
         device = next(model.parameters()).device
         with evaluation_context(model):
-            return model.probability(images.to(device)).cpu().float()
+            return model.probability(_padded(model, images).to(device)).cpu().float()[..., :h, :w]
     return samples.float().mean(0)
 
 

@@ -221,7 +221,8 @@ def sample_pr_points(samples: Tensor, target: Tensor, mask: Tensor | None = None
         counts[i, 0] = (picked & labels).sum()
         counts[i, 1] = picked.sum()
     tp, predicted = counts.to(torch.float64).unbind(1)
-    precision, recall = _rates(tp, predicted, labels.sum().to(torch.float64).expand_as(tp))
+    positives = labels.sum().to("cpu", torch.float64).expand_as(tp)  # counts live on the CPU
+    precision, recall = _rates(tp, predicted, positives)
     return torch.stack([precision, recall], dim=1).to(target.device)
 
 
@@ -240,7 +241,10 @@ def bernoulli_samples(prob: Tensor, n: int, generator: torch.Generator | None = 
         raise MsflowError(f"the number of samples n must be a positive int, got {n!r}")
     _check_unit(prob, "prob")
     p = prob if prob.is_floating_point() else prob.to(torch.float32)
-    return torch.bernoulli(p.unsqueeze(0).expand(n, *p.shape), generator=generator)
+    # Uniforms drawn on the generator's device, so a CPU generator also serves CUDA maps.
+    where = generator.device if generator is not None else p.device
+    u = torch.rand((n, *p.shape), generator=generator, device=where, dtype=p.dtype).to(p.device)
+    return (u < p).to(p.dtype)
 
 
 __all__ = [

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from msflow.core import InvertibleModule, Shape
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
-from msflow.errors import ShapeError
+from msflow.errors import DataError, ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._registry import register_model
 from msflow.models.glow import glow_step
@@ -36,15 +36,21 @@ from msflow.transforms.binary_dequant import BinaryDequantize
 
 def condition_to_float(cond: Tensor, dtype: torch.dtype) -> Tensor:
     """A ``uint8`` condition image (or floats in [0, 1]) as floats centred on 0, in [-1/2, 1/2]."""
-    scaled = cond.to(dtype) / 255.0 if not cond.is_floating_point() else cond.to(dtype)
-    return scaled - 0.5
+    if cond.is_floating_point():
+        if cond.numel() and not (0 <= float(cond.min()) and float(cond.max()) <= 1):
+            raise DataError(
+                f"condition images are uint8 (0..255) or floats in [0, 1]; got floats in "
+                f"[{float(cond.min()):g}, {float(cond.max()):g}]: pass the uint8 images, or divide by 255"
+            )
+        return cond.to(dtype) - 0.5
+    return cond.to(dtype) / 255.0 - 0.5
 
 
-def check_condition(cond: Any, cond_shape: Shape, scale: int, target_hw: tuple[int, int] | None, who: str) -> Tensor:
+def check_condition(cond: Any, cond_shape: Shape, scale: int, target: Tensor | None, who: str) -> Tensor:
     """Raise :class:`ShapeError` naming the expected shape unless ``cond`` fits a model.
 
-    ``cond`` must be ``(B, C_cond, h, w)`` with the model's channel count; given a target of
-    ``target_hw``, ``h, w`` must be the target's sides divided by ``scale``.
+    ``cond`` must be ``(B, C_cond, h, w)`` with the model's channel count; given the ``target``
+    batch, one condition per target, with ``h, w`` the target's sides divided by ``scale``.
     """
     if cond is None:
         raise ValueError(f"{who} models p(target | condition) and needs cond=... (a (B, {cond_shape[0]}, h, w) image)")
@@ -56,8 +62,10 @@ def check_condition(cond: Any, cond_shape: Shape, scale: int, target_hw: tuple[i
         kinds = {1: "greyscale", 3: "RGB"}
         want = kinds.get(cond_shape[0], f"{cond_shape[0]}-channel")
         raise ShapeError(f"{who} expects {want} condition images ({cond_shape[0]} channels), got {c} channels")
-    if target_hw is not None and (h * scale, w * scale) != tuple(target_hw):
-        th, tw = target_hw
+    if target is not None and cond.shape[0] != target.shape[0]:
+        raise ShapeError(f"{who} got {target.shape[0]} targets but {cond.shape[0]} conditions: give one per target")
+    if target is not None and (h * scale, w * scale) != tuple(target.shape[-2:]):
+        th, tw = target.shape[-2:]
         what = f"x{scale} super-resolution" if scale > 1 else "segmentation"
         raise ShapeError(
             f"{who} does {what}: a {th}x{tw} target needs a {th // scale}x{tw // scale} condition "
@@ -126,9 +134,14 @@ class ConditionalFlow(MultiScaleFlow):
                 "pad the images (msflow superres pads and crops automatically)"
             )
 
-    def condition_features(self, cond: Any, target_hw: tuple[int, int] | None, dtype: torch.dtype) -> list[Tensor]:
-        """Each level's features ``h = g(x)`` of a checked condition, under the subnet precision."""
-        cond = check_condition(cond, self.cond_shape, self.scale, target_hw, type(self).__name__)
+    @property
+    def target_multiple(self) -> int:
+        """Target sides must divide by this (one squeeze per level)."""
+        return 2 ** len(self.levels)
+
+    def condition_features(self, cond: Any, target: Tensor | None, dtype: torch.dtype) -> list[Tensor]:
+        """Each level's features ``h = g(x)`` of a condition checked against ``target``, under the subnet precision."""
+        cond = check_condition(cond, self.cond_shape, self.scale, target, type(self).__name__)
         c = condition_to_float(cond.to(next(self.parameters()).device), dtype)
         return list(run_subnet(self.cond_encoder, c.contiguous(memory_format=torch.channels_last)))
 
@@ -138,7 +151,7 @@ class ConditionalFlow(MultiScaleFlow):
     def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
         """Continuous targets ``v`` and conditions -> (latents fine to coarse, log-det)."""
         self._check_target(v)
-        return self._encode_with(v, self.condition_features(cond, tuple(v.shape[-2:]), v.dtype))
+        return self._encode_with(v, self.condition_features(cond, v, v.dtype))
 
     def _dequantize(
         self, x: Tensor, feats: Sequence[Tensor], generator: torch.Generator | None
@@ -151,12 +164,12 @@ class ConditionalFlow(MultiScaleFlow):
     def dequantize(self, x: Tensor, cond: Any, generator: torch.Generator | None = None) -> Tensor:
         """One continuous ``v`` of integer targets ``x`` (binary noise depends on the condition)."""
         self._check_target(x)
-        feats = self.condition_features(cond, tuple(x.shape[-2:]), next(self.parameters()).dtype)
+        feats = self.condition_features(cond, x, next(self.parameters()).dtype)
         return self._dequantize(x, feats, generator)[0]
 
     def _dequantized_terms(self, x: Tensor, cond: Any, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         self._check_target(x)
-        feats = self.condition_features(cond, tuple(x.shape[-2:]), next(self.parameters()).dtype)
+        feats = self.condition_features(cond, x, next(self.parameters()).dtype)
         v, log_q = self._dequantize(x, feats, generator)
         zs, logdet = self._encode_with(v, feats)
         return logdet + sum(standard_normal_log_prob(z) for z in zs), log_q
@@ -184,7 +197,7 @@ class ConditionalFlow(MultiScaleFlow):
             raise ShapeError(f"give one condition image or n={n} of them, got {cond.shape[0]}")
         h, w = cond.shape[-2] * self.scale, cond.shape[-1] * self.scale
         p = next(self.parameters())
-        feats = [f.expand(n, *f.shape[1:]) for f in self.condition_features(cond, (h, w), p.dtype)]
+        feats = [f.expand(n, *f.shape[1:]) for f in self.condition_features(cond, None, p.dtype)]
         shapes = self._trace_shapes((self.image_shape[0], h, w))
         zs = [standard_normal_sample((n, *s), temperature, generator, p.device, p.dtype) for s in shapes]
         return self.dequantizer.quantize(self._decode_with(zs, feats))

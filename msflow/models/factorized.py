@@ -9,6 +9,7 @@ exact discrete likelihoods, so their bits/dim compare directly with a flow's deq
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -16,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msflow.errors import ShapeError
+from msflow.metrics.bpd import bits_per_dim
 from msflow.models._registry import register_model
 from msflow.models.cflow import check_condition, condition_to_float
 from msflow.nn.conditioners import RRDBNet, VGGConditioner
 from msflow.nn.subnets import run_subnet
+from msflow.transforms import UniformDequantize
+from msflow.transforms.binary_dequant import BinaryDequantize
 
 
 def discretized_logistic_log_prob(k: Tensor, mean: Tensor, log_scale: Tensor, levels: int = 256) -> Tensor:
@@ -51,11 +56,29 @@ def discretized_logistic_log_prob(k: Tensor, mean: Tensor, log_scale: Tensor, le
 
 
 class _Factorized(nn.Module):
-    """What both baselines share: ``log P = -bpd * D ln 2``."""
+    """What both baselines share: target checks, bits/dim from ``log P``, ``log P = -bpd * D ln 2``."""
+
+    image_shape: tuple[int, int, int]
+    check_values: Callable[[Tensor], None]  # raises DataError unless the targets are valid integers
+
+    def _check_target(self, x: Tensor) -> None:
+        c = self.image_shape[0]
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != c:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShapeError(f"{type(self).__name__} expects targets (B, {c}, H, W), got {got}")
+        self.check_values(x)
+
+    def _bits(self, log_p: Tensor, x: Tensor) -> Tensor:
+        # Exact discrete likelihoods: no dequantization noise and no bin-width term.
+        return bits_per_dim(log_p.flatten(1).sum(1), math.prod(x.shape[1:]), 0)
 
     def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` exact ``log P(x | cond)`` in nats."""
         return -self.bits_per_dim(x, cond, generator) * (math.prod(x.shape[1:]) * math.log(2.0))
+
+    def _batch(self, n: int, cond: Tensor) -> None:
+        if cond.shape[0] not in (1, n):
+            raise ShapeError(f"give one condition image or n={n} of them, got {cond.shape[0]}")
 
 
 class FactorizedSuperRes(_Factorized):
@@ -82,15 +105,17 @@ class FactorizedSuperRes(_Factorized):
         self.scale = scale
         self.num_dims = channels * size * size
         self.backbone = RRDBNet(channels, features, blocks, growth)
+        self.target_multiple = scale
+        self.check_values = UniformDequantize(8).check
         self.head = nn.Conv2d(features, 2 * channels, 3, padding=1)
         nn.init.zeros_(self.head.weight)
         with torch.no_grad():  # start at mu = upsampled LR, s = 0.02 (about 5 grey levels)
             self.head.bias.copy_(torch.cat([torch.zeros(channels), torch.full((channels,), math.log(0.02))]))
         self.task = "superres"
 
-    def params(self, cond: Any, target_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    def params(self, cond: Any, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(mu, log s)`` in [0, 1] units at the target size."""
-        cond = check_condition(cond, self.cond_shape, self.scale, target_hw, type(self).__name__)
+        cond = check_condition(cond, self.cond_shape, self.scale, target, type(self).__name__)
         dtype = self.head.weight.dtype
         c = condition_to_float(cond.to(self.head.weight.device), dtype)
         up = partial(F.interpolate, scale_factor=self.scale, mode="bilinear", align_corners=False)
@@ -100,9 +125,9 @@ class FactorizedSuperRes(_Factorized):
 
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` exact bits/dim ``-log2 P(x | cond) / D`` (no dequantization: ``generator`` is unused)."""
-        mean, log_s = self.params(cond, tuple(x.shape[-2:]))
-        log_p = discretized_logistic_log_prob(x, mean, log_s).flatten(1).sum(1)
-        return -log_p / (math.prod(x.shape[1:]) * math.log(2.0))
+        self._check_target(x)
+        mean, log_s = self.params(cond, x)
+        return self._bits(discretized_logistic_log_prob(x, mean, log_s), x)
 
     @torch.no_grad()
     def sample(
@@ -110,6 +135,7 @@ class FactorizedSuperRes(_Factorized):
     ) -> Tensor:
         """``n`` independent-pixel samples; temperature scales ``s``, and 0 gives the bin of ``mu`` (the mode)."""
         mean, log_s = self.params(cond)
+        self._batch(n, mean)
         mean, log_s = mean.expand(n, *mean.shape[1:]), log_s.expand(n, *log_s.shape[1:])
         where = generator.device if generator is not None else mean.device
         u = torch.rand(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
@@ -156,12 +182,14 @@ class FactorizedSegmenter(_Factorized):
         self.num_dims = size * size
         self.beta = beta
         self.backbone = VGGConditioner(channels, levels, tuple(vgg))
+        self.target_multiple = 2**levels
+        self.check_values = BinaryDequantize.check
         self.head = nn.Conv2d(sum(self.backbone.level_channels), 1, 3, padding=1)
         self.task = "segment"
 
-    def logits(self, cond: Any, target_hw: tuple[int, int] | None = None) -> Tensor:
+    def logits(self, cond: Any, target: Tensor | None = None) -> Tensor:
         """The per-pixel ``logit p_j`` from every level's features upsampled to full size."""
-        cond = check_condition(cond, self.cond_shape, 1, target_hw, type(self).__name__)
+        cond = check_condition(cond, self.cond_shape, 1, target, type(self).__name__)
         c = condition_to_float(cond.to(self.head.weight.device), self.head.weight.dtype)
         size = c.shape[-2:]
         feats = [
@@ -170,7 +198,8 @@ class FactorizedSegmenter(_Factorized):
         return self.head(torch.cat(feats, dim=1))
 
     def _terms(self, x: Tensor, cond: Any) -> tuple[Tensor, Tensor]:
-        logit = self.logits(cond, tuple(x.shape[-2:]))
+        self._check_target(x)
+        logit = self.logits(cond, x)
         log_p, log_1mp = F.logsigmoid(logit), F.logsigmoid(-logit)
         y = x.to(logit.dtype)
         numerator = self.beta * y * log_p + (1 - self.beta) * (1 - y) * log_1mp
@@ -180,12 +209,12 @@ class FactorizedSegmenter(_Factorized):
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` exact bits/dim of binary masks under the normalised eq. 9."""
         numerator, normaliser = self._terms(x, cond)
-        return -(numerator - normaliser).flatten(1).sum(1) / (math.prod(x.shape[1:]) * math.log(2.0))
+        return self._bits(numerator - normaliser, x)
 
     def training_bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """The weighted cross-entropy (eq. 9's numerator) in bits/dim: what training minimises."""
         numerator, _ = self._terms(x, cond)
-        return -numerator.flatten(1).sum(1) / (math.prod(x.shape[1:]) * math.log(2.0))
+        return self._bits(numerator, x)
 
     def probability(self, cond: Any) -> Tensor:
         """``P(y_j = 1 | x)`` of the normalised eq. 9: the soft segmentation."""
@@ -199,6 +228,7 @@ class FactorizedSegmenter(_Factorized):
     ) -> Tensor:
         """``n`` factored Bernoulli masks; temperature 0 thresholds the soft map at 1/2."""
         prob = self.probability(cond)
+        self._batch(n, prob)
         prob = prob.expand(n, *prob.shape[1:])
         if temperature == 0:
             return (prob > 0.5).to(torch.uint8)

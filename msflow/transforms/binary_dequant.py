@@ -82,7 +82,8 @@ class BinaryDequantize(nn.Module):
             ]
         self.flow = FlowSequential(*blocks)
 
-    def check(self, y: Tensor) -> None:
+    @staticmethod
+    def check(y: Tensor) -> None:
         """Raise :class:`DataError` unless ``y`` holds only 0 and 1."""
         if y.numel() and not bool(((y == 0) | (y == 1)).all()):
             found = sorted({float(v) for v in torch.unique(y)[:6].tolist()})
