@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import int_range, output_file, seed_arg, temperature_arg, write_json
+from msflow.cli._common import float_range, int_range, output_file, seed_arg, temperature_arg, write_json
 from msflow.errors import ConfigError
+
+THRESHOLD = float_range(0, 1, "a threshold in [0, 1]")
 
 
 def _load(run: str, device: str | None, task: str) -> tuple[Any, Any]:
@@ -127,7 +129,7 @@ def register(sub: Any) -> None:
     p.add_argument("run")
     p.add_argument("image", help="an image file, or test:K for the run's K-th test image (scored against its mask)")
     p.add_argument("-n", type=int_range(1, 10_000, "a number of samples in [1, 10000]"), default=100)
-    p.add_argument("--threshold", type=float, default=0.5, help="threshold of the mean of samples")
+    p.add_argument("--threshold", type=THRESHOLD, default=0.5, help="threshold of the mean of samples")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("-o", "--output", type=output_file, default="segment.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

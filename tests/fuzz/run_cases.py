@@ -197,7 +197,7 @@ def path_cases(run: Path, tmp: Path) -> list[tuple[list[str], object]]:
     image = tmp / "img.png"
     Image.new("L", (8, 8), 7).save(image)
     unwritable = Path("/proc/msflow-fuzz/out.png")  # /proc takes no new files, even from root
-    extra = {"ood": ["--ood", "noise"], "perturb": [str(image)], "superres": [str(image)]}
+    extra = {"ood": ["--ood", "noise"], "perturb": [str(image)], "superres": [str(image)], "segment": [str(image)]}
     extra["interpolate"] = [str(image), str(image)]
     cases: list[tuple[list[str], object]] = []
     for command in _run_commands():
