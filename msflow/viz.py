@@ -41,3 +41,19 @@ def save_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: 
     path = Path(path)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return path
+
+
+def save_image(image: Tensor, path: str | Path) -> Path:
+    """Write one uint8 image ``(C, H, W)`` (grey or RGB) as a PNG at its own size, no border.
+
+    Example:
+        >>> import torch, tempfile, pathlib
+        >>> out = save_image(torch.zeros(1, 4, 6, dtype=torch.uint8), pathlib.Path(tempfile.mkdtemp()) / "a.png")
+        >>> Image.open(out).size
+        (6, 4)
+    """
+    array = image.detach().cpu().permute(1, 2, 0).numpy()
+    img = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array)
+    path = Path(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return path

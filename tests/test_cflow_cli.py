@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -107,6 +108,8 @@ def test_segment_and_seg_table(seg_runs: list[Path], tmp_path: Path, capsys) -> 
     assert main(["segment", str(seg_runs[0]), "test:0", "-n", "5", "-o", str(out)]) == 0
     assert "max F-score of the mean against the true mask" in capsys.readouterr().out
     assert out.exists()
+    with Image.open(tmp_path / "seg_mask.png") as mask, Image.open(tmp_path / "seg_mean.png") as mean:
+        assert mask.size == mean.size == (64, 64) and set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
     plot, numbers = tmp_path / "pr.png", tmp_path / "pr.json"
     args = ["seg-table", *map(str, seg_runs), "-n", "3", "--limit", "4", "-o", str(plot), "--json", str(numbers)]
     assert main(args) == 0

@@ -44,7 +44,7 @@ def _segment_input(spec: str, cfg: Any, channels: int) -> tuple[torch.Tensor, to
 def cmd_segment(args: argparse.Namespace) -> None:
     from msflow.analysis.segment import segment
     from msflow.metrics.segmentation import max_f_score, precision_recall_curve
-    from msflow.viz import save_grid
+    from msflow.viz import save_grid, save_image
 
     model, cfg = _load(args.run, args.device, "segment")
     image, truth = _segment_input(args.image, cfg, model.cond_shape[0])
@@ -54,6 +54,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if truth is not None:
         panels.append((truth * 255).expand(3, -1, -1))
     path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=max(1, 128 // image.shape[-1]))
+    stem = Path(args.output).with_suffix("")
+    for name, picture in (("mean", mean), ("mask", out.mask * 255)):
+        save_image(picture.to(torch.uint8), f"{stem}_{name}.png")  # full resolution, for use elsewhere
+    print(f"wrote {stem}_mean.png (mean of the samples, 0..255) and {stem}_mask.png (it thresholded, 0/255)")
     shown = "image, mean of samples, mean >= " + f"{args.threshold:g}" + (", true mask" if truth is not None else "")
     print(f"{args.image}: {args.n} sampled masks; wrote {path}: {shown}")
     fraction, sampled = out.mask.float().mean().item(), out.samples.float().mean().item()
