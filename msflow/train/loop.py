@@ -247,8 +247,8 @@ def train(cfg: Config) -> dict[str, Any]:
     conds = getattr(train_set, "conds", None)
     if conds is not None and t.logdet_every:
         raise ConfigError("train.logdet_every tracks unconditional flows only; set it to 0 for a conditional model")
-    shown = min(t.num_samples, 8)  # a conditional grid has a row per test condition
-    pairs = (test_set.images[:shown], test_set.conds[:shown]) if conds is not None else None
+    rows = min(t.num_samples, 8)  # a conditional grid has a row per test condition
+    pairs = (test_set.images[:rows], test_set.conds[:rows]) if conds is not None else None
     score = bpd_score(t.level)
     steps_per_epoch = len(train_set) // t.batch_size
     first, stop = ranks.shard(t.batch_size)
