@@ -31,6 +31,7 @@ from msflow.transforms import (
     AdditiveCoupling,
     Affine,
     AffineCoupling,
+    AffineInjector,
     ChannelPermutation,
     DualAffineCoupling,
     GaussianSplitPrior,
@@ -107,6 +108,29 @@ CASES = [
     Case(  # Winkler et al.'s segmentation coupling: volume-preserving, instance-norm subnet (Table 7)
         "additive-coupling-instancenorm-cond",
         lambda: AdditiveCoupling(4, subnet=instance_norm_subnet(8), cond_channels=COND_CHANNELS),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case(
+        "affine-coupling-atan-cond",
+        lambda: AffineCoupling(4, subnet=subnet(), scale="atan", cond_channels=COND_CHANNELS),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case("affine-injector-cond", lambda: AffineInjector(4, COND_CHANNELS, subnet()), cond_channels=COND_CHANNELS),
+    Case(
+        "affine-injector-sigmoid-odd-cond",
+        lambda: AffineInjector(5, COND_CHANNELS, subnet(), scale="sigmoid"),
+        in_shape=(5, 4, 6),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case(
+        # CAFLOW's conditional flow step (appendix A.2): ActNorm, 1x1 conv, injector, coupling.
+        "caflow-conditional-step",
+        lambda: FlowSequential(
+            ActNorm(4),
+            InvConv1x1(4),
+            AffineInjector(4, COND_CHANNELS, subnet()),
+            AffineCoupling(4, subnet=subnet(), scale="atan", cond_channels=COND_CHANNELS),
+        ),
         cond_channels=COND_CHANNELS,
     ),
     Case("permutation-reverse", lambda: ChannelPermutation(4, "reverse")),

@@ -1,11 +1,13 @@
 """Model families and their registered presets."""
 
 from msflow.models import balanced as _balanced  # noqa: F401  (registers the presets)
+from msflow.models import caflow as _caflow  # noqa: F401
 from msflow.models import cflow as _cflow  # noqa: F401
 from msflow.models import factorized as _factorized  # noqa: F401
 from msflow.models import glow as _glow  # noqa: F401
 from msflow.models import mrcnf as _mrcnf  # noqa: F401
 from msflow.models._registry import create_model, list_models, model_help, register_model
+from msflow.models.caflow import CAFlow
 from msflow.models.cflow import ConditionalFlow
 from msflow.models.factorized import FactorizedSegmenter, FactorizedSuperRes
 from msflow.models.marscf import MARSCF
@@ -13,6 +15,7 @@ from msflow.models.multires import MultiResolutionFlow, build_multires
 from msflow.models.multiscale import MultiScaleFlow, build_multiscale
 
 __all__ = [
+    "CAFlow",
     "MARSCF",
     "ConditionalFlow",
     "FactorizedSegmenter",

@@ -5,6 +5,7 @@ from msflow.transforms.cnf import CNF, skip_logdets
 from msflow.transforms.conv1x1 import InvConv1x1, StridedInvConv
 from msflow.transforms.coupling import COUPLINGS, AdditiveCoupling, AffineCoupling
 from msflow.transforms.dual_coupling import DualAffineCoupling
+from msflow.transforms.injector import AffineInjector
 from msflow.transforms.mar_prior import MARSplitPrior
 from msflow.transforms.mixlogcdf import MixLogCDFCoupling
 from msflow.transforms.ode_solver import ODESolverConfig, SolverError, SolverSettings
@@ -20,6 +21,7 @@ from msflow.transforms.reshape import (
 )
 from msflow.transforms.spline import RQActivation
 from msflow.transforms.split import GaussianSplitPrior
+from msflow.transforms.variational_dequant import VariationalDequantize
 
 __all__ = [
     "CNF",
@@ -29,6 +31,7 @@ __all__ = [
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
+    "AffineInjector",
     "ChannelPermutation",
     "DualAffineCoupling",
     "GaussianSplitPrior",
@@ -47,5 +50,6 @@ __all__ = [
     "StridedInvConv",
     "UniformDequantize",
     "UnimodularPyramid",
+    "VariationalDequantize",
     "skip_logdets",
 ]

@@ -23,7 +23,17 @@ def _tanh_log_scale(raw: Tensor) -> Tensor:
     return 2.0 * torch.tanh(raw / 2.0)
 
 
-LOG_SCALES: dict[str, Callable[[Tensor], Tensor]] = {"sigmoid": _sigmoid_log_scale, "tanh": _tanh_log_scale}
+def _atan_log_scale(raw: Tensor) -> Tensor:
+    # CAFLOW's soft clamp: s = (2 * 0.636) atan(raw) lies in (-2, 2) (0.636 ~ 2 / pi) and starts at
+    # 0, so the scale exp(s) starts at 1 and cannot blow up whatever the net outputs.
+    return 1.272 * torch.atan(raw)
+
+
+LOG_SCALES: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigmoid": _sigmoid_log_scale,
+    "tanh": _tanh_log_scale,
+    "atan": _atan_log_scale,
+}
 
 
 class _Coupling(InvertibleModule):
@@ -56,13 +66,14 @@ class AffineCoupling(_Coupling):
         x = [x_a, x_b],\quad (t, r) = \mathrm{NN}(x_a[, c]),\quad
         z = [x_a,\; x_b\, e^{s(r)} + t],\quad \log|\det| = \textstyle\sum s(r)
 
-    with ``s = log sigmoid(r + 2)`` (Glow) or ``s = 2 tanh(r / 2)``. The inverse recomputes
-    ``NN(x_a)`` from the untouched half, so it is exact whatever precision the net runs in.
+    with ``s = log sigmoid(r + 2)`` (Glow), ``s = 2 tanh(r / 2)`` or ``s = 1.272 atan(r)`` (CAFLOW).
+    The inverse recomputes ``NN(x_a)`` from the untouched half, so it is exact whatever precision
+    the net runs in.
 
     Args:
         num_channels: channels of ``x``; the first ``C // 2`` are kept.
         subnet: factory ``(in, out) -> nn.Module``; its last layer should start at zero.
-        scale: ``"sigmoid"`` or ``"tanh"``.
+        scale: ``"sigmoid"``, ``"tanh"`` or ``"atan"``.
         cond_channels: channels of a condition feature map concatenated to the subnet input.
 
     Example:

@@ -18,6 +18,17 @@ from msflow.core import InvertibleModule
 from msflow.errors import DataError
 
 
+def uniform_noise(x: Tensor, generator: torch.Generator | None, dtype: torch.dtype, same_noise: bool) -> Tensor:
+    """``U[0, 1)`` noise of ``x``'s shape (one image repeated when ``same_noise``), on ``x``'s device."""
+    # Drawn on the generator's device, so a seeded draw is the same on CPU and CUDA.
+    where = generator.device if generator is not None else x.device
+    shape = (1, *x.shape[1:]) if same_noise else x.shape
+    # Drawn in float32 whatever ``dtype`` is, so a float64 evaluation sees the same noise as
+    # a float32 one and their bits/dim differ only by arithmetic precision.
+    u = torch.rand(shape, generator=generator, device=where, dtype=torch.float32).to(x.device, dtype)
+    return u.expand(x.shape)
+
+
 class UniformDequantize(nn.Module):
     r"""``v = (x + u) / 2^{bits}``, ``u ~ U[0, 1)^D``, with ``log q(u | x) = 0``.
 
@@ -55,15 +66,18 @@ class UniformDequantize(nn.Module):
             )
 
     def forward(
-        self, x: Tensor, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        same_noise: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """Returns ``(v, log q(u | x))``; ``generator`` makes the noise draw reproducible."""
+        """Returns ``(v, log q(u | x))``; ``generator`` makes the noise draw reproducible.
+
+        ``same_noise`` draws one noise image for the whole batch (common random numbers: images
+        scored against each other then differ only by their content, not by their draw)."""
         self.check(x)
-        # Drawn on the generator's device, so a seeded draw is the same on CPU and CUDA.
-        where = generator.device if generator is not None else x.device
-        # Drawn in float32 whatever ``dtype`` is, so a float64 evaluation sees the same noise as
-        # a float32 one and their bits/dim differ only by arithmetic precision.
-        u = torch.rand(x.shape, generator=generator, device=where, dtype=torch.float32).to(x.device, dtype)
+        u = uniform_noise(x, generator, dtype, same_noise)
         v = (x.to(dtype) + u) / self.levels
         # In float32, x + u rounds up to x + 1 when u is within half an ulp of 1; keep v in its bin.
         top = (x.to(dtype) + 1) / self.levels
