@@ -18,7 +18,8 @@ from msflow.data.bundled import cut_patches
 from msflow.data.photos import PHOTO_SPLIT, bundled_photos
 from msflow.errors import DataError
 
-BUNDLED = ["mnist5k", "digits8", "patches32", "patches32-grey", "photos-sr2", "photos-sr4", "shapes-seg"]
+BUNDLED = ["mnist5k", "digits8", "patches32", "patches32-grey", "photos-sr2", "photos-sr4"]
+BUNDLED += ["photos-colorize", "photos-inpaint", "photos-sketch", "shapes-seg"]
 READERS = ["mnist", "fashion-mnist", "cifar10", "imagenet32", "imagenet64", "folder", "drive"]
 
 

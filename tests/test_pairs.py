@@ -56,7 +56,7 @@ def test_paired_dataset_items_loader_and_repr():
         (u8(2, 3, 8, 8), u8(2, 3, 3, 3), "superres", "integer factor"),
         (u8(2, 3, 8, 8), u8(2, 3, 8, 8), "superres", "integer factor >= 2"),
         (u8(2, 3, 8, 8), torch.zeros(2, 3, 4, 4), "superres", "conditions must be a torch.uint8"),
-        (u8(2, 3, 8, 8), u8(2, 3, 4, 4), "colorize", "unknown task 'colorize'"),
+        (u8(2, 3, 8, 8), u8(2, 3, 4, 4), "deblur", "unknown task 'deblur'"),
     ],
 )
 def test_paired_dataset_validates(targets, conds, task, match):

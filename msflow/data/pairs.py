@@ -1,9 +1,16 @@
-"""Datasets of (target, condition) pairs for conditional flows, and bundled super-resolution pairs.
+"""Datasets of (target, condition) pairs for conditional flows, the bundled photo crops and super-resolution pairs.
 
-A conditional flow models ``p(target | condition)`` (paper 003): a high-resolution image given
-its low-resolution version (``task="superres"``), or a binary vessel mask given the photo it
-was drawn on (``task="segment"``). Both halves are ``uint8`` tensors; the model dequantizes
-the target with ``n_bits`` (8 for photos, 1 for masks, see DESIGN.md section 6).
+A conditional flow models ``p(target | condition)`` (papers 002 and 003): a high-resolution
+image given its low-resolution version (``task="superres"``), a binary vessel mask given the
+photo it was drawn on (``task="segment"``), or a photo given its greyscale version, its
+centre-masked version or its edge map (``"colorize"``, ``"inpaint"``, ``"sketch"``: the
+image-to-image tasks of CAFLOW, built in :mod:`msflow.data.translation`). Both halves are
+``uint8`` tensors; the model dequantizes the target with ``n_bits`` (8 for photos, 1 for
+masks, see DESIGN.md section 6). Only super-resolution conditions are smaller than their
+targets; every other task pairs images of one height and width.
+
+The bundled photo pairs all start from :func:`photo_crops`: ``size x size`` RGB crops of the
+colour photos, split by source photo.
 
 Super-resolution inputs are made as in the paper: bicubic downsampling with antialiasing
 (MATLAB's ``imresize``, which Pillow's bicubic resize follows: the same Keys kernel with
@@ -12,6 +19,8 @@ mirrors the image, Pillow renormalises the kernel weights that fall inside it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,7 +31,7 @@ from msflow.data.photos import PHOTO_SPLIT, bundled_photos
 from msflow.errors import DataError
 
 # task -> bits per target pixel when not given: 8-bit photos, or binary (0/1) masks.
-TASKS = {"superres": 8, "segment": 1}
+TASKS = {"superres": 8, "segment": 1, "colorize": 8, "inpaint": 8, "sketch": 8}
 
 
 class PairedDataset(ImageDataset):
@@ -34,11 +43,12 @@ class PairedDataset(ImageDataset):
     Args:
         images: the targets: photos (``n_bits=8``) or binary masks of 0 and 1 (``n_bits=1``).
         conds: the condition images, one per target.
-        task: ``"superres"`` (targets are ``scale`` times larger than conditions) or
-            ``"segment"`` (targets and conditions share their height and width).
+        task: ``"superres"`` (targets are ``scale`` times larger than conditions), or one of
+            ``"segment"``, ``"colorize"``, ``"inpaint"`` and ``"sketch"`` (targets and
+            conditions share their height and width; ``scale`` is 1).
         name: dataset name for logs and checkpoints.
-        n_bits: bits per target pixel; by default 8 for ``"superres"`` and 1 for ``"segment"``.
-            Targets must lie in ``0 .. 2**n_bits - 1``.
+        n_bits: bits per target pixel; by default 1 for ``"segment"`` and 8 for the other
+            tasks. Targets must lie in ``0 .. 2**n_bits - 1``.
         labels: as in :class:`ImageDataset`; unlabelled (-1) by default.
         fov: optional ``uint8`` field-of-view mask ``(N, 1, H, W)`` of 0 and 1 (DRIVE): the
             pixels a segmentation is scored on.
@@ -54,6 +64,8 @@ class PairedDataset(ImageDataset):
         (2, (3, 16, 16), [(3, 32, 32), (3, 16, 16)])
         >>> ds
         PairedDataset(name='pairs', task='superres', n=5, target=3x32x32, cond=3x16x16)
+        >>> PairedDataset(hr, torch.zeros(5, 1, 32, 32, dtype=torch.uint8), task="colorize").scale
+        1
     """
 
     def __init__(
@@ -93,13 +105,18 @@ class PairedDataset(ImageDataset):
 
     def _scale(self, target_hw: torch.Size, cond_hw: torch.Size) -> int:
         (h, w), (hc, wc) = target_hw, cond_hw
-        if self.task == "segment":
-            if (h, w) != (hc, wc):
+        if self.task != "superres":
+            if (h, w) == (hc, wc):
+                return 1
+            if self.task == "segment":
                 raise DataError(
                     f"dataset {self.name!r}: segmentation masks are {h}x{w} but their images are {hc}x{wc}; "
                     "give each mask the size of its image"
                 )
-            return 1
+            raise DataError(
+                f"dataset {self.name!r}: {self.task} targets are {h}x{w} but their conditions are {hc}x{wc}; "
+                f"{self.task} pairs share their height and width: give each condition the size of its target"
+            )
         if h % hc or w % wc or h // hc != w // wc or h == hc:
             raise DataError(
                 f"dataset {self.name!r}: super-resolution targets are {h}x{w} and conditions {hc}x{wc}; "
@@ -189,13 +206,50 @@ def strided_crops(photo: np.ndarray, size: int, stride: int) -> np.ndarray:
     return np.ascontiguousarray(chosen.reshape(-1, *chosen.shape[2:]))
 
 
-def load_sr_pairs(split: str, factor: int, size: int = 32) -> PairedDataset:
-    """Super-resolution pairs from the bundled colour photos: ``size x size`` RGB crops and their ``1/factor`` versions.
+def photo_crops(split: str, size: int, per_photo: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
+    """``size x size`` crops of the bundled colour photos of one split, as ``uint8`` ``(N, C, size, size)``.
 
     Split by source photo as :data:`~msflow.data.photos.PHOTO_SPLIT`. Train crops overlap
     (stride ``size // 2``, about four times the data); test crops do not (stride ``size``), so
-    with ``size=32`` the test targets are exactly the ``patches32`` test images. Conditions are
-    :func:`downscale_bicubic` of the targets. With ``size=32``: 16554 train and 1118 test pairs.
+    with ``size=32`` the test crops are exactly the ``patches32`` test images: 16554 train and
+    1118 test crops of 3 channels. Crops are in photo order, then row-major within a photo.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        size: the side of the square crops.
+        per_photo: optionally, a map of each whole ``(H, W, 3)`` photo to a ``uint8``
+            ``(H, W, C)`` array (e.g. its edge map), cropped instead of the photo at the same
+            positions: whole-photo processing leaves no artefacts at the crop borders.
+
+    Raises:
+        DataError: an unknown split.
+
+    Example:
+        >>> crops = photo_crops("test", 32)
+        >>> tuple(crops.shape), crops.dtype
+        ((1118, 3, 32, 32), torch.uint8)
+        >>> tuple(photo_crops("test", 32, per_photo=lambda p: p[:, :, :1]).shape)
+        (1118, 1, 32, 32)
+    """
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r} of the bundled photos: use 'train' or 'test'")
+    stride = size // 2 if split == "train" else size
+    photos = bundled_photos(grey=False)
+    crops = [
+        strided_crops(p if per_photo is None else per_photo(p), size, stride)
+        for n, p in photos.items()
+        if PHOTO_SPLIT[n] == split
+    ]
+    return torch.from_numpy(np.concatenate(crops))
+
+
+def load_sr_pairs(split: str, factor: int, size: int = 32) -> PairedDataset:
+    """Super-resolution pairs from the bundled colour photos: ``size x size`` RGB crops and their ``1/factor`` versions.
+
+    Targets are :func:`photo_crops` (split by source photo; train crops overlap by half, test
+    crops do not, so with ``size=32`` the test targets are exactly the ``patches32`` test
+    images). Conditions are :func:`downscale_bicubic` of the targets. With ``size=32``: 16554
+    train and 1118 test pairs.
 
     Example:
         >>> ds = load_sr_pairs("test", 4)
@@ -204,10 +258,7 @@ def load_sr_pairs(split: str, factor: int, size: int = 32) -> PairedDataset:
     """
     if size % factor:
         raise DataError(f"crops of {size}x{size} cannot be downscaled by {factor}: choose a size divisible by it")
-    stride = size // 2 if split == "train" else size
-    photos = bundled_photos(grey=False)
-    crops = [strided_crops(p, size, stride) for n, p in photos.items() if PHOTO_SPLIT[n] == split]
-    targets = torch.from_numpy(np.concatenate(crops))
+    targets = photo_crops(split, size)
     return PairedDataset(targets, downscale_bicubic(targets, factor), task="superres", name=f"photos-sr{factor}")
 
 
@@ -239,12 +290,13 @@ def _binary_downsample(masks: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def resize_pairs(dataset: PairedDataset, pad_to: int | None = None, downsample: int | None = None) -> PairedDataset:
-    """Zero-pad to ``pad_to x pad_to`` and then block-average by ``downsample`` both halves of segmentation pairs.
+    """Zero-pad to ``pad_to x pad_to`` and then block-average by ``downsample`` both halves of same-size pairs.
 
-    Targets, conditions and the field of view are padded with 0 (background, outside the field
-    of view). When downsampling, condition images are block averages (as
-    :func:`~msflow.data.dataset.downsample_images`); binary masks are averaged and then set to 1
-    where the average is at least 0.5, so they stay 0/1.
+    Applies to every task but ``"superres"``. Targets, conditions and the field of view are
+    padded with 0 (background, outside the field of view). When downsampling, condition images
+    and 8-bit targets are block averages (as :func:`~msflow.data.dataset.downsample_images`;
+    edge maps thereby become grey levels); binary masks are averaged and then set to 1 where the
+    average is at least 0.5, so they stay 0/1.
 
     Raises:
         DataError: for super-resolution pairs, whose sizes are fixed by the scale factor.
@@ -259,7 +311,7 @@ def resize_pairs(dataset: PairedDataset, pad_to: int | None = None, downsample: 
         >>> int(out.images[0].sum())  # border blocks hold 2 ones of 4 (kept), corner blocks 1 (dropped)
         252
     """
-    if dataset.task != "segment":
+    if dataset.task == "superres":
         raise DataError(
             f"pad_to and downsample do not apply to super-resolution pairs ({dataset.name!r}): their sizes are "
             "set by the scale factor; leave them unset and pick the pair set of the size you want"

@@ -19,6 +19,7 @@ from msflow.data.idx import load_fashion_mnist, load_mnist
 from msflow.data.npz import load_imagenet32, load_imagenet64
 from msflow.data.pairs import PairedDataset, load_sr_pairs, resize_pairs
 from msflow.data.segmentation import load_shape_segmentation
+from msflow.data.translation import load_colorize_pairs, load_inpaint_pairs, load_sketch_pairs
 from msflow.errors import DataError
 
 Loader = Callable[[str, "str | os.PathLike[str] | None"], ImageDataset]
@@ -27,6 +28,13 @@ Loader = Callable[[str, "str | os.PathLike[str] | None"], ImageDataset]
 def _photos_sr(factor: int) -> Loader:
     def load(split: str, root: str | os.PathLike[str] | None = None) -> PairedDataset:
         return load_sr_pairs(split, factor)
+
+    return load
+
+
+def _bundled_pairs(loader: Callable[[str], PairedDataset]) -> Loader:
+    def load(split: str, root: str | os.PathLike[str] | None = None) -> PairedDataset:
+        return loader(split)
 
     return load
 
@@ -43,6 +51,9 @@ _DATASETS: dict[str, Loader] = {
     "patches32-grey": load_patches32_grey,
     "photos-sr2": _photos_sr(2),
     "photos-sr4": _photos_sr(4),
+    "photos-colorize": _bundled_pairs(load_colorize_pairs),
+    "photos-inpaint": _bundled_pairs(load_inpaint_pairs),
+    "photos-sketch": _bundled_pairs(load_sketch_pairs),
     "shapes-seg": _shapes_seg,
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
@@ -55,7 +66,9 @@ _DATASETS: dict[str, Loader] = {
 
 SPLITS = ("train", "test")
 
-PAIRED_DATASETS = frozenset({"photos-sr2", "photos-sr4", "shapes-seg", "drive"})
+PAIRED_DATASETS = frozenset(
+    {"photos-sr2", "photos-sr4", "photos-colorize", "photos-inpaint", "photos-sketch", "shapes-seg", "drive"}
+)
 """Sets of (target, condition) pairs for conditional models; the others are plain image sets."""
 
 
@@ -83,15 +96,18 @@ def get_dataset(
             ``patches32-grey`` are built from files inside pip packages and ignore ``root``;
             so are the conditional task sets (a :class:`~msflow.data.pairs.PairedDataset` of
             targets and conditions): ``photos-sr2`` and ``photos-sr4`` (32x32 photo crops given
-            their 16x16 or 8x8 bicubic downscales) and ``shapes-seg`` (64x64 vessel masks given
-            the photo crops they are drawn into). ``mnist``, ``fashion-mnist``, ``cifar10``,
+            their 16x16 or 8x8 bicubic downscales), ``photos-colorize``, ``photos-inpaint`` and
+            ``photos-sketch`` (the same crops given their greyscale version, their version with
+            the central 25% zeroed, or their binary Canny edge map; see
+            :mod:`msflow.data.translation`) and ``shapes-seg`` (64x64 vessel masks given the
+            photo crops they are drawn into). ``mnist``, ``fashion-mnist``, ``cifar10``,
             ``imagenet32``, ``imagenet64``, ``folder`` and ``drive`` (DRIVE vessel masks given
             fundus photos) read your files from ``root``.
         split: ``"train"`` or ``"test"``; each loader's docstring gives its fixed split.
         root: the folder holding your data (``~`` is expanded).
         pad_to: zero-pad images symmetrically to ``pad_to x pad_to`` (e.g. 28 -> 32 so a
-            multi-scale flow can squeeze three times). For segmentation pairs, masks, images
-            and the field of view are all padded with 0.
+            multi-scale flow can squeeze three times). For pairs other than super-resolution,
+            targets, conditions and the field of view are all padded with 0.
         downsample: then average ``downsample x downsample`` blocks (e.g. 2 gives 14x14
             MNIST: the data of a coarser model for MRCNF's progressive training). Binary
             segmentation masks are averaged and then thresholded (>= 0.5 is 1), so they stay 0/1.
