@@ -50,7 +50,7 @@ def reconstruction_errors(
             v, _ = model.dequantizer(x, generator=generator, dtype=dtype)
             cond = None
         else:
-            cond = conds[start : start + batch_size].to(device)
+            cond = conds[start : start + len(x)].to(device)
             v = model.dequantize(x, cond, generator)
         zs, _ = model.encode(v, cond)
         error = (model.decode(zs, cond) - v).abs().flatten(1).amax(dim=1)

@@ -216,6 +216,11 @@ class CAFlow(ImageFlow):
             self._route.append(route)
         self.to(memory_format=torch.channels_last)
 
+    @property
+    def target_multiple(self) -> int:
+        """Target sides must divide by this (one squeeze per level)."""
+        return 2**self.num_levels
+
     def _add(self, block: FlowSequential) -> int:
         self.blocks.append(block)
         return len(self.blocks) - 1
@@ -385,6 +390,38 @@ class CAFlow(ImageFlow):
     def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         r"""``(B,)`` lower bound on ``log P(x | cond)`` in nats."""
         return -self.bits_per_dim(x, cond, generator) * (math.prod(x.shape[1:]) * math.log(2.0))
+
+    def dequantize(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
+        """One continuous ``v`` of integer targets ``x`` (``cond`` is only checked: the noise ignores it)."""
+        self._check_target(x)
+        self.check_condition(cond, x)
+        return self.dequantizer(x, generator=generator, dtype=next(self.parameters()).dtype)[0]
+
+    def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
+        r"""Continuous targets ``v`` given ``cond`` -> every ``Z^i_j`` (component by component, each fine
+        to coarse) and ``log|det dZ/dv|``: the whole bijection whose change of variables is eq. 9."""
+        self._check_target(v)
+        ds, _ = self._condition_latents(self.check_condition(cond, v), None, v.dtype)
+        zs, logdet = self.T._encode_with(v, [None] * self.num_levels)
+        ls, out = zs[::-1], []
+        for i in range(self.num_levels):
+            comp, ld = self.encode_component(i, ls, ds)
+            out += comp
+            logdet = logdet + ld
+        return out, logdet
+
+    def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
+        """The inverse of :meth:`encode`: generate ``L_0, .., L_{n-1}`` in turn, then invert ``T``."""
+        ds, _ = self._condition_latents(self.check_condition(cond), None, zs[0].dtype)
+        ls: list[Tensor] = []
+        rest = list(zs)
+        for i in range(self.num_levels):
+            count = len(self._levels_of(i))
+            ls.append(self.decode_component(i, rest[:count], ls, ds))
+            rest = rest[count:]
+        if rest:
+            raise ValueError(f"got {len(zs)} latents, {len(zs) - len(rest)} expected (see encode)")
+        return self.T._decode_with(ls[::-1], [None] * self.num_levels)
 
     # ---- sampling ---------------------------------------------------------------------------
     def _temperatures(self, temperature: float | Sequence[float]) -> list[float]:
