@@ -223,7 +223,7 @@ def test_bad_value_types(override: str, pattern: str) -> None:
     ("override", "choices"),
     [
         ("optim.optimizer=sgd", "adam, adamax"),
-        ("optim.schedule=linear", "constant, cosine, exponential"),
+        ("optim.schedule=linear", "constant, cosine, exponential, step"),
         ("train.device=tpu", "auto, cpu, cuda"),
         ("train.precision=fp16", "float32, bf16-mixed"),
     ],

@@ -43,15 +43,42 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser, schedule (linear warm-up, then constant, cosine or exponential) and stabilisers.
+    r"""Optimiser, learning-rate schedule, a one-time drop on a plateau, and stabilisers.
 
-    Stabilisers: a step with a non-finite loss or gradient is skipped; after ``max_bad_steps``
-    in a row (or non-finite weights at a checkpoint) the run rolls back to its last checkpoint
-    and multiplies the learning rate by ``rollback_lr_factor``; after ``max_rollbacks`` roll-backs
-    it stops with an error.
+    The learning rate of step :math:`t` (counted from 0) is
 
-    ``exponential`` is Liao & He's schedule: ``lr * decay_rate^(step / decay_steps)``, never
-    below ``min_lr`` (their Adamax: lr 0.01 to 0.001, rate 0.98 every 1000 steps).
+    .. math::
+
+        \eta_t = \text{schedule}(t) \cdot \text{plateau} \cdot \text{roll-back scale},
+
+    where ``schedule`` rises linearly over the first ``warmup_steps`` steps to ``lr`` and then,
+    with :math:`u = t - \text{warmup\_steps}`, is
+
+    - ``constant``: ``lr``;
+    - ``cosine``: ``lr * (1 + cos(pi * u / (train.steps - warmup_steps))) / 2``;
+    - ``exponential`` (Liao & He): ``max(min_lr, lr * decay_rate^(u / decay_steps))`` (their
+      Adamax: lr 0.01 to 0.001, rate 0.98 every 1000 steps);
+    - ``step`` (PyTorch's ``StepLR``): ``max(min_lr, lr * decay_rate^floor(u / decay_steps))``.
+
+    ``plateau`` is 1 until the training loss levels off and ``plateau_factor`` after: once
+    ``plateau_patience`` optimiser steps in a row have not improved the smoothed loss (an
+    exponential moving average of the rank-averaged step loss, decay 0.98) by more than
+    ``plateau_threshold`` relative to its best value, the learning rate is multiplied by
+    ``plateau_factor`` for the rest of training, exactly once (:class:`~msflow.train.plateau.Plateau`).
+    ``plateau_patience=0`` (the default) turns it off. The drop is logged as an ``lr_drop`` event
+    and as ``lr_drop_step`` in the results.
+
+    Stabilisers: gradients are clipped to a total norm of ``grad_clip`` (always on); ``ema_decay``
+    > 0 keeps an exponential moving average of the weights for evaluation and sampling. A step
+    with a non-finite loss or gradient is skipped; after ``max_bad_steps`` in a row (or
+    non-finite weights at a checkpoint) the run rolls back to its last checkpoint and multiplies
+    the learning rate by ``rollback_lr_factor``; after ``max_rollbacks`` roll-backs it stops with
+    an error.
+
+    CAFLOW's recipe (appendix B: warm-up over 500 steps, ``StepLR`` with gamma 0.999, one drop by
+    10 when the curve levels off, EMA 0.999, clipping at 1) is ``warmup_steps=500 schedule=step
+    decay_rate=0.999 decay_steps=1 plateau_patience=N plateau_factor=0.1 ema_decay=0.999
+    grad_clip=1``, where ``decay_steps`` is the steps per ``StepLR.step()`` call.
     """
 
     optimizer: str = "adam"
@@ -63,6 +90,9 @@ class OptimConfig:
     decay_rate: float = 0.98
     decay_steps: int = 1000
     min_lr: float = 0.0
+    plateau_patience: int = 0
+    plateau_factor: float = 0.1
+    plateau_threshold: float = 1e-3
     grad_clip: float = 50.0
     ema_decay: float = 0.999
     max_bad_steps: int = 50
@@ -128,10 +158,13 @@ _FRACTION = (lambda v: 0 <= v < 1), "a number in [0, 1)"
 # (section, key) -> (check, what a valid value is); every other field only has its type checked.
 _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("optim", "optimizer"): _one_of("adam", "adamax"),
-    ("optim", "schedule"): _one_of("constant", "cosine", "exponential"),
+    ("optim", "schedule"): _one_of("constant", "cosine", "exponential", "step"),
     ("optim", "decay_rate"): ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
     ("optim", "decay_steps"): _POSITIVE,
     ("optim", "min_lr"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
+    ("optim", "plateau_patience"): _COUNT,
+    ("optim", "plateau_factor"): ((lambda v: 0 < v < 1), "a number in (0, 1)"),
+    ("optim", "plateau_threshold"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
     ("optim", "lr"): _POSITIVE,
     ("optim", "betas"): ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
     ("optim", "weight_decay"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),

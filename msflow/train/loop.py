@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from msflow._io import remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
 from msflow.data import ImageDataset, get_dataset
+from msflow.data.registry import PAIRED_DATASETS
 from msflow.errors import CheckpointError, ConfigError, MsflowError, ShapeError
 from msflow.models import create_model
 from msflow.nn.subnets import subnet_precision
@@ -48,6 +49,7 @@ from msflow.train.evaluate import evaluate, resolve_device, sample_grids
 from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.objective import bpd_score, function_evaluations, make_objective
+from msflow.train.plateau import Plateau
 from msflow.train.run import CHECKPOINT
 from msflow.transforms.ode_solver import solver_errors_in_backward
 
@@ -79,8 +81,8 @@ def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
     model_cond, data_cond = getattr(model, "cond_shape", None), getattr(data, "cond_shape", None)
     if model_cond is not None and data_cond is None:
         raise ShapeError(
-            f"model {cfg.model.name!r} is conditional and needs a paired dataset (photos-sr2, photos-sr4, "
-            f"shapes-seg, drive); {cfg.data.name!r} has no conditions"
+            f"model {cfg.model.name!r} is conditional and needs a paired dataset "
+            f"({', '.join(sorted(PAIRED_DATASETS))}); {cfg.data.name!r} has no conditions"
         )
     if model_cond is None and data_cond is not None:
         raise ShapeError(
@@ -103,8 +105,21 @@ def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
 
 
 def learning_rate(cfg: Config, step: int) -> float:
-    """Linear warm-up to ``optim.lr``, then constant, cosine decay to 0 at ``train.steps``, or
-    exponential decay ``lr * decay_rate^(steps after warm-up / decay_steps)`` floored at ``min_lr``."""
+    """The scheduled learning rate of step ``step`` (counted from 0), before the plateau drop and
+    the roll-back scale.
+
+    Linear warm-up ``lr * (step + 1) / warmup_steps`` over the first ``warmup_steps`` steps; after
+    it, with ``u = step - warmup_steps``: ``constant`` keeps ``lr``; ``cosine`` decays to 0 at
+    ``train.steps``; ``exponential`` is ``lr * decay_rate^(u / decay_steps)`` and ``step``
+    (PyTorch's ``StepLR``) is ``lr * decay_rate^floor(u / decay_steps)``, both floored at ``min_lr``.
+
+    Example:
+        >>> from msflow.train.config import config_from_dict
+        >>> cfg = config_from_dict({"optim": {"schedule": "step", "lr": 1.0, "warmup_steps": 2,
+        ...                                   "decay_rate": 0.5, "decay_steps": 3}})
+        >>> [learning_rate(cfg, s) for s in range(9)]
+        [0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    """
     o = cfg.optim
     warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
     if o.schedule == "cosine" and step >= o.warmup_steps:
@@ -112,6 +127,8 @@ def learning_rate(cfg: Config, step: int) -> float:
         return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     if o.schedule == "exponential" and step >= o.warmup_steps:
         return max(o.min_lr, o.lr * o.decay_rate ** ((step - o.warmup_steps) / o.decay_steps))
+    if o.schedule == "step" and step >= o.warmup_steps:
+        return max(o.min_lr, o.lr * o.decay_rate ** ((step - o.warmup_steps) // o.decay_steps))
     return o.lr * warm
 
 
@@ -154,12 +171,14 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class _Guard:
-    """Counters of the non-finite step guard and the time budget; stored in every checkpoint."""
+    """Counters of the non-finite step guard, the time budget and the plateau drop; stored in
+    every checkpoint."""
 
     bad_in_a_row: int = 0
     lr_scale: float = 1.0
     rollbacks: int = 0
     train_seconds: float = 0.0  # seconds of training so far on train.budget_clock, over every resume
+    plateau: Plateau = field(default_factory=Plateau)
 
 
 def _meta(cfg: Config, model: nn.Module, step: int, guard: _Guard, optim_meta: dict, results: dict | None) -> dict:
@@ -172,6 +191,7 @@ def _meta(cfg: Config, model: nn.Module, step: int, guard: _Guard, optim_meta: d
         "lr_scale": guard.lr_scale,
         "rollbacks": guard.rollbacks,
         "train_seconds": guard.train_seconds,
+        "plateau": guard.plateau.state_dict(),
         "optimizer": optim_meta,
         "results": results,
         "versions": versions(),
@@ -209,13 +229,23 @@ def _resume(
         group.update(betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     noise.set_state(tensors["rng/noise"])
     torch.set_rng_state(tensors["rng/torch"])
+    plateau = _plateau(cfg)
+    if "plateau" in meta:  # older runs have none: the loss is watched from here on
+        plateau.load_state_dict(meta["plateau"], str(path))
     guard = _Guard(
         int(meta.get("bad_in_a_row", 0)),
         float(meta.get("lr_scale", 1.0)),
         int(meta.get("rollbacks", 0)),
         float(meta.get("train_seconds", 0.0)),
+        plateau,
     )
     return int(meta["step"]), guard
+
+
+def _plateau(cfg: Config) -> Plateau:
+    """A fresh plateau tracker with the config's hyperparameters."""
+    o = cfg.optim
+    return Plateau(o.plateau_patience, o.plateau_factor, o.plateau_threshold)
 
 
 def _non_finite(tensors: dict[str, Tensor]) -> str | None:
@@ -259,7 +289,7 @@ def train(cfg: Config) -> dict[str, Any]:
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
-    step, guard = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, _Guard())
+    step, guard = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, _Guard(plateau=_plateau(cfg)))
     clock_fn = time.process_time if t.budget_clock == "cpu" else time.perf_counter
     started, spent_before = clock_fn(), guard.train_seconds
 
@@ -289,8 +319,12 @@ def train(cfg: Config) -> dict[str, Any]:
             )
         lr_scale, rollbacks = guard.lr_scale * o.rollback_lr_factor, guard.rollbacks + 1
         ranks.barrier()  # rank 0's last checkpoint is on disk
-        back, _ = _resume(ckpt, cfg, model, opt, ema, noise)
+        back, saved = _resume(ckpt, cfg, model, opt, ema, noise)
         guard.bad_in_a_row, guard.lr_scale, guard.rollbacks = 0, lr_scale, rollbacks
+        # The loss tracking goes back with the weights, but a drop already taken stays: like
+        # lr_scale, a roll-back never raises the learning rate.
+        if guard.plateau.drop_step is None:
+            guard.plateau = saved.plateau
         log.write({"step": step, "event": "rollback", "why": why, "to_step": back, "lr_scale": lr_scale})
         bar.write(f"step {step}: {why}; rolled back to step {back} with the learning rate x {lr_scale:g}")
         bar.n = back
@@ -316,7 +350,7 @@ def train(cfg: Config) -> dict[str, Any]:
         idx = idx[first:stop]
         x = train_set.images[idx].to(device)
         cond = conds[idx].to(device) if conds is not None else None
-        lr = learning_rate(cfg, step) * guard.lr_scale
+        lr = learning_rate(cfg, step) * guard.lr_scale * guard.plateau.scale
         for group in opt.param_groups:
             group["lr"] = lr
         nfe_before = function_evaluations(model)
@@ -350,6 +384,15 @@ def train(cfg: Config) -> dict[str, Any]:
             opt.step()
             if ema is not None:
                 ema.update(model, step)
+            # mean_loss is the mean over ranks, so every rank drops at the same step.
+            if guard.plateau.active and guard.plateau.update(mean_loss.item(), step):
+                plateau = guard.plateau
+                event = {"step": step, "event": "lr_drop", "factor": plateau.factor, "smoothed_loss": plateau.smoothed}
+                log.write({**event, "best_smoothed_loss": plateau.best})
+                bar.write(
+                    f"step {step}: the smoothed training loss has not improved for {plateau.since} steps; "
+                    f"learning rate x {plateau.factor:g} from here on"
+                )
         bar.update(1)
         if _every(step, t.log_every) or step == t.steps:
             elapsed = time.perf_counter() - clock
@@ -396,6 +439,8 @@ def train(cfg: Config) -> dict[str, Any]:
         with ema.applied(model) if ema else nullcontext():
             grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final", pairs)
     result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
+    if o.plateau_patience or guard.plateau.drop_step is not None:
+        result["lr_drop_step"] = guard.plateau.drop_step
     if step < t.steps:
         bar.write(f"stopped at step {step} of {t.steps}: train.max_seconds={t.max_seconds:g} was spent")
     try:
