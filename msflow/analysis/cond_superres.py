@@ -41,6 +41,31 @@ def pad_to_multiple(image: Tensor, multiple: int) -> Tensor:
 
 
 @torch.no_grad()
+def sample_padded(
+    model: nn.Module,
+    cond: Tensor,
+    n: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    max_batch_pixels: int = 2**21,
+) -> Tensor:
+    """``n`` samples of ``p(target | cond)`` for one condition ``(1, C, h, w)`` whose sides the model
+    takes (see :func:`pad_to_multiple`), as uint8 on the CPU, at the size the model gives.
+
+    Samples are drawn in batches of at most ``max_batch_pixels`` output pixels, so a photo's
+    memory stays bounded whatever ``n`` is.
+    """
+    s = model.scale
+    per_batch = max(1, max_batch_pixels // (cond.shape[-2] * cond.shape[-1] * s * s))
+    out = []
+    with evaluation_context(model):
+        for start in range(0, n, per_batch):
+            k = min(per_batch, n - start)
+            out.append(model.sample(k, temperature=temperature, cond=cond, generator=generator).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def upscale(
     model: nn.Module,
     low: Tensor,
@@ -51,8 +76,8 @@ def upscale(
 ) -> Tensor:
     """``n`` samples ``(n, C, h * s, w * s)`` of ``p(HR | low)`` for one uint8 image ``low`` ``(C, h, w)``.
 
-    Samples are drawn in batches of at most ``max_batch_pixels`` output pixels, so a photo's
-    memory stays bounded whatever ``n`` is.
+    ``low`` is padded to sides the model takes and the samples are cropped back; they are drawn
+    in batches of at most ``max_batch_pixels`` output pixels (:func:`sample_padded`).
     """
     c, h, w = low.shape
     if c != model.cond_shape[0]:
@@ -60,13 +85,7 @@ def upscale(
     device = next(model.parameters()).device
     padded = pad_to_multiple(low[None], input_multiple(model)).to(device)
     s = model.scale
-    per_batch = max(1, max_batch_pixels // (padded.shape[-2] * padded.shape[-1] * s * s))
-    out = []
-    with evaluation_context(model):
-        for start in range(0, n, per_batch):
-            k = min(per_batch, n - start)
-            out.append(model.sample(k, temperature=temperature, cond=padded, generator=generator).cpu())
-    return torch.cat(out)[..., : h * s, : w * s]
+    return sample_padded(model, padded, n, temperature, generator, max_batch_pixels)[..., : h * s, : w * s]
 
 
 def crop_for(model: nn.Module, hr: Tensor) -> Tensor:

@@ -30,13 +30,16 @@ MAX_OUTPUT_PIXELS = 2048 * 2048
 
 @dataclass
 class SuperResolution:
-    """Inputs, samples and their scores (``scores[name] = (PSNR dB, SSIM)``; samples ``sample 1..n``)."""
+    """Inputs, samples and their scores (``scores[name] = (PSNR dB, SSIM)``; samples ``sample 1..n``).
+
+    ``bpd`` holds the samples' conditional bits/dim when they were ranked (best of ``m``)."""
 
     low: Tensor
     bicubic: Tensor
     samples: Tensor
     truth: Tensor | None
     scores: dict[str, tuple[float, float]]
+    bpd: Tensor | None = None
 
 
 def bicubic(low: Tensor, scale: int) -> Tensor:
@@ -63,6 +66,7 @@ def superres(
     n: int = 4,
     generator: torch.Generator | None = None,
     hr: bool = False,
+    best_of: int = 1,
 ) -> SuperResolution:
     """Super-resolve one uint8 ``(C, H, W)`` image ``scale`` (2 or 4) times with ``model.superres``.
 
@@ -74,6 +78,9 @@ def superres(
     reduced by block averaging, and the samples and the bicubic baseline are scored against it.
     Otherwise it is the low-resolution input and nothing is scored.
 
+    ``best_of=m > 1`` (CAFLOW only, ``m >= n``) draws ``m`` samples and keeps the ``n`` of highest
+    conditional likelihood, best first (:func:`msflow.analysis.translate.best_of`).
+
     Example:
         >>> import torch, msflow
         >>> model = msflow.create_model("mrcnf-cifar10", resolutions=3, steps=1, hidden=4)
@@ -82,8 +89,18 @@ def superres(
         >>> out.samples.shape, sorted(out.scores)
         (torch.Size([2, 3, 20, 24]), ['bicubic', 'sample 1', 'sample 2'])
     """
+    if best_of > 1:
+        from msflow.analysis.translate import can_rank
+
+        if not can_rank(model):
+            raise ConfigError(
+                f"best of {best_of} ranks samples by conditional likelihood under shared noise, which a "
+                f"{type(model).__name__} does not give; use a CAFLOW model (caflow-sr4) or drop --best-of"
+            )
+        if best_of < n:
+            raise ConfigError(f"keeping the best {n} of {best_of} samples needs best_of >= n")
     if hasattr(model, "cond_shape"):
-        return _conditional_superres(model, image, scale, temperature, n, generator, hr)
+        return _conditional_superres(model, image, scale, temperature, n, generator, hr, best_of)
     levels = {2: 1, 4: 2}.get(scale)
     if levels is None:
         raise ValueError(f"scale must be 2 or 4, got {scale}")
@@ -117,8 +134,10 @@ def _conditional_superres(
     n: int,
     generator: torch.Generator | None,
     hr: bool,
+    best_of: int = 1,
 ) -> SuperResolution:
-    """:func:`superres` with a conditional model (``cflow-sr*``, ``factorized-sr*``): LR by antialiased bicubic."""
+    """:func:`superres` with a conditional model (``cflow-sr*``, ``factorized-sr*``, ``caflow-sr4``):
+    LR by antialiased bicubic."""
     if scale not in (None, model.scale):
         raise ConfigError(
             f"this model does x{model.scale} super-resolution, not x{scale}; drop --scale or pass {model.scale}"
@@ -130,9 +149,16 @@ def _conditional_superres(
     else:
         low = image
     check_output_size(*low.shape[-2:], model.scale)
-    samples = upscale(model, low, n, temperature, generator)
+    bpd = None
+    if best_of > 1:
+        from msflow.analysis.translate import best_of as keep_best
+
+        seed = 0 if generator is None else generator.initial_seed()
+        samples, bpd = keep_best(model, low[None], n, best_of, temperature, generator, score_seed=seed)
+    else:
+        samples = upscale(model, low, n, temperature, generator)
     up = bicubic(low, model.scale)
-    return SuperResolution(low, up, samples, truth, _fidelity(up, samples, truth))
+    return SuperResolution(low, up, samples, truth, _fidelity(up, samples, truth), bpd)
 
 
 def _fidelity(up: Tensor, samples: Tensor, truth: Tensor | None) -> dict[str, tuple[float, float]]:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from msflow.cli import analysis_cmds, model_cmds, run_cmds, task_cmds
+from msflow.cli import analysis_cmds, model_cmds, run_cmds, task_cmds, translate_cmds
 from msflow.errors import MsflowError
 
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``msflow`` argument parser with every subcommand."""
     parser = _Parser(prog="msflow", description="Multi-scale normalizing flows on images.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (run_cmds, analysis_cmds, model_cmds, task_cmds):
+    for group in (run_cmds, analysis_cmds, model_cmds, task_cmds, translate_cmds):
         group.register(sub)
     return parser
 

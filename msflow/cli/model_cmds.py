@@ -108,29 +108,36 @@ def cmd_superres(args: argparse.Namespace) -> None:
     from msflow.train.run import load_run
     from msflow.viz import save_grid
 
+    if 1 < args.best_of < args.n:
+        raise ConfigError(f"--best-of {args.best_of} draws fewer samples than -n {args.n} keeps: raise --best-of")
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
     conditional = getattr(model, "task", None) == "superres"
     if not hasattr(model, "superres") and not conditional:
         kind = type(model).__name__
         raise ConfigError(
             f"{args.run} holds a {kind}; superres needs a super-resolution model "
-            "(cflow-sr*, factorized-sr*) or a multi-resolution one (mrcnf-*)"
+            "(cflow-sr*, factorized-sr*, caflow-sr4) or a multi-resolution one (mrcnf-*)"
         )
     model.eval()
     image = _superres_image(args.image, model.image_shape[0])
     generator = torch.Generator().manual_seed(args.seed)
     factor = model.scale if conditional else args.scale or 2
-    out = superres(model, image, args.scale if conditional else factor, args.temperature, args.n, generator, hr=args.hr)
+    out = superres(
+        model, image, args.scale if conditional else factor, args.temperature, args.n, generator, args.hr, args.best_of
+    )
     h, w = out.low.shape[-2:]
     big = out.low.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
     panels = [big, out.bicubic, *out.samples] + ([out.truth] if out.truth is not None else [])
     scale = max(1, 96 // (w * factor))
     path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=scale)
     what = f"{h * factor}x{w * factor} ground truth reduced to {h}x{w}" if args.hr else f"{h}x{w} input"
-    print(f"{args.image}: {what} -> {args.n} x{factor} samples at temperature {args.temperature}")
+    kept = f"the best {args.n} of {args.best_of}" if out.bpd is not None else str(args.n)
+    print(f"{args.image}: {what} -> {kept} x{factor} samples at temperature {args.temperature}")
     print(f"wrote {path}: input (enlarged), bicubic, the samples" + (", the ground truth" if args.hr else ""))
     if not conditional:
         print(f"every {factor}x{factor} block of a sample averages to its input pixel before quantization")
+    if out.bpd is not None:
+        print("conditional bits/dim of the samples, best first: " + ", ".join(f"{b:.4f}" for b in out.bpd.tolist()))
     if out.scores:
         print(f"{'':<10} {'PSNR (dB)':>10} {'SSIM':>7}")
         for name, (p, q) in out.scores.items():
@@ -196,6 +203,10 @@ def register(sub: Any) -> None:
     p.add_argument("--hr", action="store_true", help="the image is the ground truth: reduce it, then score PSNR/SSIM")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0)
     p.add_argument("-n", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=8)
+    p.add_argument(
+        "--best-of", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=1, metavar="M",
+        help="CAFLOW: draw M >= n samples and keep the n of highest conditional likelihood (default 1: no ranking)",
+    )  # fmt: skip
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("-o", "--output", type=output_file, default="superres.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

@@ -238,7 +238,8 @@ class CAFlow(ImageFlow):
         """Return ``cond`` as float pixel values 0..255 at the target's size, or raise naming the expected shape."""
         kind, how = TASKS[self.task][1], TASKS[self.task][2]
         c = self.cond_shape[0]
-        side = 2**self.num_levels * self.scale
+        # Targets divide by 2^n; a super-resolution condition is scale times smaller.
+        unit = 2**self.num_levels // math.gcd(2**self.num_levels, self.scale)
         if cond is None:
             raise ValueError(f"CAFLOW models p(target | condition) and needs cond=... ({kind} images (B, {c}, h, w))")
         if not isinstance(cond, Tensor) or cond.dim() != 4:
@@ -260,10 +261,9 @@ class CAFlow(ImageFlow):
                     f"a {th}x{tw} target needs a condition of shape {'x'.join(map(str, need))}, got {got}"
                     + (f" (x{self.scale} super-resolution)" if self.scale > 1 else "")
                 )
-        elif cond.shape[-2] % (side // self.scale) or cond.shape[-1] % (side // self.scale):
-            m = side // self.scale
+        elif cond.shape[-2] % unit or cond.shape[-1] % unit:
             raise ShapeError(
-                f"CAFLOW ({self.task}) conditions must have sides divisible by {m} (e.g. {want}), got {got}; "
+                f"CAFLOW ({self.task}) conditions must have sides divisible by {unit} (e.g. {want}), got {got}; "
                 "pad the image (the msflow task commands pad and crop automatically)"
             )
         if cond.is_floating_point():

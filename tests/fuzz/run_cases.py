@@ -199,6 +199,7 @@ def path_cases(run: Path, tmp: Path) -> list[tuple[list[str], object]]:
     unwritable = Path("/proc/msflow-fuzz/out.png")  # /proc takes no new files, even from root
     extra = {"ood": ["--ood", "noise"], "perturb": [str(image)], "superres": [str(image)], "segment": [str(image)]}
     extra["interpolate"] = [str(image), str(image)]
+    extra |= {command: [str(image)] for command in ("colorize", "inpaint", "translate")}
     cases: list[tuple[list[str], object]] = []
     for command in _run_commands():
         for bad, needle in ((missing, missing), (folder, folder / CHECKPOINT), (text, text)):
@@ -209,8 +210,12 @@ def path_cases(run: Path, tmp: Path) -> list[tuple[list[str], object]]:
     cases += [(["bound", "folder", "--root", str(p)], p) for p in (missing, folder, text)]
     cases += [(["temperature", str(run), "--inception", str(p)], p) for p in (missing, folder, text)]
     cases += [(["report", str(run), "--ood-json", str(p)], p) for p in (missing, folder, text)]
+    cases += [(["translate-table", str(p)], p) for p in (missing, folder / CHECKPOINT, text)]
+    cases += [(["translate-table", str(run), str(p)], p) for p in (missing, folder / CHECKPOINT, text)]
+    cases += [(["inpaint", str(run), str(image), "--mask", str(p)], p) for p in (missing, folder, text)]
     outputs = {"sample": [], "perturb": [str(image)], "toy": ["moons"], "ood": ["--ood", "noise"]}
     outputs |= {"shuffle-patches": [], "temperature": [], "report": []}
+    outputs |= {command: [str(image)] for command in ("colorize", "inpaint", "translate")}
     for command, args in outputs.items():
         base = [command] + ([] if command == "toy" else [str(run)]) + args
         for out, needle in ((folder, folder), (text / "x.png", text)):
@@ -222,6 +227,22 @@ def path_cases(run: Path, tmp: Path) -> list[tuple[list[str], object]]:
         (["ood", str(run), "--ood", "noise", "-n", "4", "-o", histogram, "--json", str(unwritable)], unwritable.parent)
     )
     cases.append((["ood", str(run), "--ood", "noise", "--json", str(text / "x.json")], text))
+    for option in ("--json", "--grid"):
+        cases += [
+            (["translate-table", str(run), option, str(p)], needle)
+            for p, needle in ((folder, folder), (text / "x", text))
+        ]
+    cases.append((["colorize", str(run), str(image), "--json", str(text / "x.json")], text))
+    # a run of another model, and more samples kept than drawn
+    for command, preset in (
+        ("colorize", "caflow-colorize"),
+        ("inpaint", "caflow-inpaint"),
+        ("translate", "caflow-sketch"),
+    ):
+        cases.append(([command, str(run), str(image)], preset))
+    cases.append((["translate-table", str(run), "--count", "1"], "CAFLOW"))
+    cases.append((["superres", str(run), str(image), "-n", "4", "--best-of", "3"], "--best-of"))
+    cases.append((["colorize", str(run), str(image), "-n", "4", "--best-of", "3"], "--best-of"))
     cases.append((["temperature", str(run), "--cache-dir", str(text)], text))
     return cases
 
