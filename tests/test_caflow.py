@@ -320,3 +320,40 @@ def test_reconstruction_errors_with_fewer_images_than_a_batch() -> None:
     w, y = images(model, 5)
     errors = reconstruction_errors(model, PairedDataset(w, y, task="colorize"), batch_size=4, max_images=3)
     assert errors.shape == (3,) and errors.max() < 1e-9
+
+
+PRESETS = {  # preset -> (condition shape, steps per level of R, T and each f^i_j)
+    "caflow-sr4": ((3, 8, 8), (4, 8, 4)),
+    "caflow-colorize": ((1, 32, 32), (4, 8, 4)),
+    "caflow-inpaint": ((3, 32, 32), (4, 8, 4)),
+    "caflow-sketch": ((1, 32, 32), (4, 8, 4)),
+    "caflow-sr4-paper": ((3, 8, 8), (16, 32, 12)),  # appendix B.1
+    "caflow-colorize-paper": ((1, 32, 32), (24, 24, 12)),  # B.2
+    "caflow-inpaint-paper": ((3, 32, 32), (30, 30, 16)),  # B.3
+    "caflow-sketch-paper": ((1, 32, 32), (16, 16, 12)),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_build_with_their_shapes_and_depths(preset: str) -> None:
+    from msflow.transforms import AffineCoupling, AffineInjector
+
+    assert preset in msflow_models()
+    model = create_model(preset)
+    cond_shape, (r, t, f) = PRESETS[preset]
+    assert model.image_shape == (3, 32, 32) and model.cond_shape == cond_shape and model.num_levels == 3
+    couplings = lambda m: sum(isinstance(b, AffineCoupling) for b in m.modules())  # noqa: E731
+    assert couplings(model.R.levels[0]) == r and couplings(model.T.levels[0]) == t
+    injectors = sum(isinstance(b, AffineInjector) for b in model.block(2, 1).modules())
+    assert couplings(model.block(2, 1)) == f and injectors == f
+    w = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 256, (2, *cond_shape), dtype=torch.uint8)
+    assert torch.isfinite(model.bits_per_dim(w, y)).all()
+
+
+def msflow_models() -> list[str]:
+    from msflow import list_models
+
+    caflow = [name for name in list_models() if name.startswith("caflow-")]
+    assert sorted(caflow) == sorted(PRESETS)  # every CAFLOW preset is covered here
+    return caflow

@@ -24,8 +24,9 @@ from msflow.metrics import bits_per_dim
 from msflow.models.glow import glow, realnvp
 from msflow.models.multiscale import MultiScaleFlow
 
-# Conditional presets (cflow-*, factorized-*) model p(target | condition): tests/test_cflow.py.
-CONDITIONAL = ("cflow-", "factorized-")
+# Conditional presets (cflow-*, factorized-*, caflow-*) model p(target | condition): tests/test_cflow.py,
+# tests/test_caflow.py.
+CONDITIONAL = ("cflow-", "factorized-", "caflow-")
 MODELS = [name for name in msflow.list_models() if not name.startswith(CONDITIONAL)]
 TINY = {"steps": 1, "hidden": 8}
 # Presets too large to run in the default suite at their own size keep their architecture at a
