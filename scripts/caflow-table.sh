@@ -4,7 +4,7 @@
 # SECONDS of CPU time (default 600), then score both on 100 held-out pairs: conditional bits/dim,
 # PSNR, SSIM and RMSE of one random sample and of the best of 10 by conditional likelihood, and
 # how often the ground truth out-scores the samples; at the paper's temperature for the task, then
-# at temperature 1. Writes likelihood-ordered sample grids. Measured on 2 cores: training 14-16
+# at temperature 1. Writes likelihood-ordered sample grids. Measured on 2 cores: training 11-17
 # minutes (both runs side by side), each table 1-2 minutes.
 # Usage: bash scripts/caflow-table.sh sr4|colorize|inpaint|sketch [SECONDS] [RUNS_FOLDER]
 #        (default folder runs/caflow-TASK)
