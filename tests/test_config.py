@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tiny import TINY as TINY_BASE
 
@@ -22,6 +23,7 @@ from msflow.train.config import (
     resolve_config_path,
 )
 from msflow.train.loop import train
+from msflow.train.precision import resolve_precision
 from msflow.train.run import load_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -225,7 +227,7 @@ def test_bad_value_types(override: str, pattern: str) -> None:
         ("optim.optimizer=sgd", "adam, adamax"),
         ("optim.schedule=linear", "constant, cosine, exponential, step"),
         ("train.device=tpu", "auto, cpu, cuda"),
-        ("train.precision=fp16", "float32, bf16-mixed"),
+        ("train.precision=fp16", "auto, float32, bf16-mixed"),
     ],
 )
 def test_bad_choices_list_the_valid_ones(override: str, choices: str) -> None:
@@ -295,6 +297,9 @@ def test_checkpoint_stores_the_resolved_config(tmp_path: Path) -> None:
     cfg = replace(cfg, train=replace(cfg.train, out=str(tmp_path / "run")))
     train(cfg)
     _, meta = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    # "auto" precision is stored as what it resolved to on this machine
+    assert cfg.train.precision == "auto"
+    cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision("auto", torch.device("cpu"))))
     assert meta["config"] == config_to_dict(cfg)
     assert config_from_dict(meta["config"]) == cfg
     assert meta["model_spec"] == {"name": cfg.model.name, "overrides": cfg.model.options}

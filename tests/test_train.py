@@ -207,3 +207,23 @@ def test_max_seconds_stops_training_and_counts_time_over_resumes(tmp_path: Path,
     assert math.isfinite(result["bpd"])
     # the budget is spent: running the command again trains no further
     assert train(cfg)["steps"] == result["steps"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "device", "expected"),
+    [
+        (frozenset({"avx512f", "avx512_bf16"}), "cpu", "bf16-mixed"),
+        (frozenset({"amx_bf16", "amx_tile"}), "cpu", "bf16-mixed"),
+        (frozenset({"avx2", "avx512f"}), "cpu", "float32"),
+        (frozenset(), "cpu", "float32"),
+    ],
+)
+def test_auto_precision_is_bf16_mixed_only_on_bf16_hardware(
+    monkeypatch: pytest.MonkeyPatch, flags: frozenset, device: str, expected: str
+) -> None:
+    from msflow.train import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    assert precision.resolve_precision("auto", torch.device(device)) == expected
+    for fixed in ("float32", "bf16-mixed"):  # an explicit choice is kept on any hardware
+        assert precision.resolve_precision(fixed, torch.device(device)) == fixed

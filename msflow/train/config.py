@@ -107,7 +107,10 @@ class TrainConfig:
     ``max_seconds`` (0: none) stops training at the first step past that much time, counted
     over every resume, then evaluates as usual. ``budget_clock`` says which time: ``wall`` or
     ``cpu`` (the process's CPU seconds, all threads: fair between runs sharing a machine).
-    A time-limited run is not bit-for-bit repeatable (where it stops depends on speed)."""
+    A time-limited run is not bit-for-bit repeatable (where it stops depends on speed).
+    ``precision`` is the subnets' precision (``msflow.train.precision``): ``auto`` (bf16-mixed
+    where the CPU or GPU multiplies bf16 natively, else float32), ``float32`` or ``bf16-mixed``;
+    evaluation always runs in float32 (or the ``--dtype`` asked for)."""
 
     steps: int = 2000
     max_seconds: float = 0.0
@@ -126,7 +129,7 @@ class TrainConfig:
     level: int | None = None
     objective: str = "likelihood"
     device: str = "auto"
-    precision: str = "float32"
+    precision: str = "auto"
     gradient_checkpointing: bool = False
     out: str | None = None
     progress: bool = True
@@ -192,7 +195,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
     ("train", "objective"): _one_of("likelihood", "flow_matching"),
     ("train", "device"): _one_of("auto", "cpu", "cuda"),
-    ("train", "precision"): _one_of("float32", "bf16-mixed"),
+    ("train", "precision"): _one_of("auto", "float32", "bf16-mixed"),
 }
 
 

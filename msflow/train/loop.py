@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.objective import bpd_score, function_evaluations, make_objective
 from msflow.train.plateau import Plateau
+from msflow.train.precision import resolve_precision
 from msflow.train.run import CHECKPOINT
 from msflow.transforms.ode_solver import solver_errors_in_backward
 
@@ -267,6 +268,9 @@ def train(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     run_dir = cfg.run_dir
     device = resolve_device(t.device)
+    # The checkpoint stores the precision the run really used, not "auto".
+    cfg = replace(cfg, train=replace(t, precision=resolve_precision(t.precision, device)))
+    t = cfg.train
     ranks = init_distributed(device)
     if t.deterministic:
         make_deterministic()

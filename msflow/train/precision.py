@@ -1,0 +1,54 @@
+"""Which subnet precision ``train.precision: auto`` means on this hardware.
+
+bf16-mixed runs the subnets (coupling nets, conditioners, ODE vector fields) under bfloat16
+autocast while every invertible operation stays float32 (``msflow.nn.subnets``). It pays only
+where the hardware multiplies bf16 natively: on CPUs with AVX512-BF16 or AMX, and on CUDA GPUs
+of compute capability 8.0 (Ampere) or newer. Elsewhere bf16 is emulated and slower than
+float32, so ``auto`` falls back to float32 there.
+
+Example:
+    >>> import torch
+    >>> resolve_precision("float32", torch.device("cpu"))
+    'float32'
+    >>> resolve_precision("auto", torch.device("cpu")) in ("float32", "bf16-mixed")
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+#: /proc/cpuinfo flags of x86 CPUs with native bf16 matrix arithmetic.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty where ``/proc/cpuinfo`` is not readable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively (so bf16-mixed subnets run faster)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16-mixed"`` where :func:`has_fast_bf16`, else ``"float32"``; others unchanged."""
+    if name != "auto":
+        return name
+    return "bf16-mixed" if has_fast_bf16(device) else "float32"
