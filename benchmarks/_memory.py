@@ -5,8 +5,10 @@ whatever the allocator kept from earlier work. So a benchmark measures in a **fr
 worker builds its model and runs the work once (one-time costs paid), then :func:`measure_peak`
 returns freed heap to the OS (``malloc_trim``), resets the kernel's RSS high-water mark
 (``/proc/self/clear_refs``), runs the work again and reports peak RSS (``VmHWM``) minus the RSS
-before it. The parent spawns such workers with :func:`median_of_processes`. (:func:`cpu_name` is
-here too: the reports' headers name the machine the figures belong to.)
+before it. The parent spawns such workers with :func:`median_of_processes`. On a GPU no fresh
+process is needed: :func:`measure_cuda_peak` reads the caching allocator's own peak counter.
+(:func:`cpu_name` and :func:`cpu_bf16_units` are here too: the reports' headers name the machine
+the figures belong to.)
 
 Example (in a worker process)::
 
@@ -79,6 +81,25 @@ def measure_peak(work: Callable[[], Any]) -> dict[str, Any]:
     return {"rss_before_mib": before, "peak_rss_mib": peak, "peak_delta_mib": peak - before, "peak_reset": was_reset}
 
 
+def measure_cuda_peak(work: Callable[[], Any], device: Any) -> dict[str, Any]:
+    """Peak CUDA memory allocated while ``work()`` runs over the memory allocated before it, in MiB.
+
+    Counts tensors (``torch.cuda.max_memory_allocated``), not the caching allocator's reserved
+    pool, so what earlier work left cached does not count; run ``work`` once before, as for
+    :func:`measure_peak`.
+    """
+    import torch
+
+    gc.collect()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    work()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    return {"allocated_before_mib": before, "peak_allocated_mib": peak, "peak_delta_mib": peak - before}
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux ``/proc/cpuinfo``), for the reports' headers."""
     cpu = platform.processor()
@@ -86,6 +107,18 @@ def cpu_name() -> str:
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     return cpu
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 instruction sets among ``avx512_bf16`` and ``amx_bf16`` (Linux ``/proc/cpuinfo``).
+
+    bf16-mixed is only faster than fp32 on a CPU that has them; the reports' headers say which.
+    """
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    return [unit for unit in ("avx512_bf16", "amx_bf16") if unit in flags]
 
 
 def worker_command(script: str, *args: str) -> list[str]:
@@ -107,6 +140,13 @@ def median_of_processes(cmd: list[str], repeats: int, what: str) -> dict[str, An
     Returns the middle run's :func:`measure_peak` figures plus ``peak_delta_mib_samples``, every
     run's ``peak_delta_mib`` in the order they ran.
     """
-    runs = [run_worker(cmd, what) for _ in range(repeats)]
+    return median_run([run_worker(cmd, what) for _ in range(repeats)])
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median ``peak_delta_mib`` (the lower middle one of an even count).
+
+    Returned with ``peak_delta_mib_samples`` added: every run's ``peak_delta_mib``, in order.
+    """
     middle = sorted(runs, key=lambda m: m["peak_delta_mib"])[(len(runs) - 1) // 2]
     return middle | {"peak_delta_mib_samples": [m["peak_delta_mib"] for m in runs]}

@@ -1,31 +1,39 @@
-"""Peer benchmark: msflow's Glow against normflows' Glow of the same architecture, on the CPU.
+"""Peer benchmark: msflow's Glow against normflows' and FrEIA's Glow of the same architecture.
 
-One command times three phases for both libraries and prints throughput ratios
-(msflow / normflows; above 1 means msflow is faster) and peak-memory ratios:
+One command times three phases for the three libraries and prints, against **each** peer,
+throughput ratios (msflow / peer; above 1 means msflow is faster) and peak-memory ratios:
 
 - ``train``: dequantize uint8 images, bits/dim, backward, Adam step (images/s);
 - ``eval``: bits/dim under ``torch.inference_mode`` (images/s);
 - ``sample``: draw a batch of uint8 images at temperature 1 (images/s).
 
+Two workloads (``--shape``, both by default), 8 steps per level, coupling nets 128 wide, batch 64:
+
+- ``patches32``: 3x32x32 photo patches (``get_dataset("patches32")``), 3 levels;
+- ``mnist``: 1x28x28 MNIST digits (``get_dataset("mnist5k")``), 2 levels.
+
 How it measures (see benchmarks/README.md for why):
 
-- Timing runs both libraries in one process on the same batches, **interleaved**: each repeat
-  times ``iters`` steps of every contestant, alternating which goes first, so a change in
-  machine load hits both sides alike. Warm-up steps (and ActNorm's data-dependent
-  initialisation) are excluded; the reported figure is the median over repeats.
-- Peak memory is measured in a **fresh subprocess per (library, phase)**: the model is built,
-  initialised and run once on a small batch (so one-time costs are paid), freed heap is
+- Timing runs every library in one process on the same batches, **interleaved**: each repeat
+  times ``iters`` steps of every contestant, alternating the order, so a change in machine load
+  hits all alike. Warm-up steps (and ActNorm's data-dependent initialisation) are excluded; the
+  reported figure is the median over repeats. On CUDA the device is synchronised before every
+  timer read.
+- Peak memory on the CPU is measured in a **fresh subprocess per (library, phase)**: the model
+  is built, initialised and run once on a small batch (so one-time costs are paid), freed heap is
   returned to the OS (``malloc_trim``), the kernel's RSS high-water mark is reset
   (``/proc/self/clear_refs``), ``memory_iters`` full-batch steps run, and the peak RSS
   (``VmHWM``) minus the RSS before them is reported: the extra resident memory the phase needs
-  at this batch size (activations, gradients, temporaries); median of ``memory_repeats``
-  such processes.
+  at this batch size; median of ``memory_repeats`` such processes. On CUDA it is measured in
+  the benchmark process: ``max_memory_allocated`` over ``memory_iters`` full-batch steps after
+  one warm step, minus the memory allocated before them.
 
 Usage::
 
-    python benchmarks/peers.py --quick --json quick.json      # 1-4 minutes
-    python benchmarks/peers.py --json peers.json              # full run: 3-12 minutes
-    python benchmarks/peers.py --precision bf16-mixed         # + msflow bf16-mixed subnets row
+    python benchmarks/peers.py --quick --json quick.json      # ~2.5 min on 2 idle CPU cores
+    python benchmarks/peers.py --json peers.json              # full run: ~5 min idle, up to ~15 min busy
+    python benchmarks/peers.py --precision bf16-mixed         # + msflow bf16-mixed subnets rows
+    python benchmarks/peers.py --device cuda --precision bf16-mixed --json gpu.json  # ~1.5 min on an H100
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -40,78 +50,113 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from _memory import cpu_name, measure_peak, median_of_processes, worker_command
+import torch.nn.functional as F
+from _memory import (
+    cpu_bf16_units,
+    cpu_name,
+    measure_cuda_peak,
+    measure_peak,
+    median_of_processes,
+    median_run,
+    worker_command,
+)
 from torch import Tensor, nn
 
 PHASES = ("train", "eval", "sample")
-BASELINE = "normflows"
+PEERS = ("normflows", "freia")
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Architecture, workload and repetition counts of one benchmark run."""
+    """Architecture, workload and repetition counts of one benchmark run on one workload."""
 
+    workload: str = "patches32"  # the name in reports
     image_shape: tuple[int, int, int] = (3, 32, 32)
     levels: int = 3
     steps: int = 8
     hidden: int = 128
     batch: int = 64
-    threads: int = 2
-    data: str = "patches32"  # or "random" (uniform uint8 noise)
+    threads: int = 2  # torch threads; CPU only
+    data: str = "patches32"  # "patches32", "mnist5k" or "random" (uniform uint8 noise)
+    device: str = "cpu"
     num_batches: int = 4  # distinct batches cycled through by every phase
     warmup: int = 2  # untimed steps per (contestant, phase)
-    repeats: int = 15  # timed repeats; the median is reported
+    repeats: int = 8  # timed repeats; the median is reported
     iters: int = 2  # steps per timed repeat
     memory_iters: int = 2  # full-batch steps run while measuring peak memory
-    memory_repeats: int = 3  # fresh processes per (contestant, phase); the median is reported
+    memory_repeats: int = 2  # measurements per (contestant, phase); the median is reported
     lr: float = 1e-3
     seed: int = 0
 
 
-PRESETS: dict[str, BenchConfig] = {
-    "full": BenchConfig(),  # ~15 repeats x 2 steps per phase and library
-    "quick": BenchConfig(warmup=1, repeats=3, iters=1, memory_iters=1, memory_repeats=1),
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "patches32": {"image_shape": (3, 32, 32), "levels": 3, "data": "patches32"},
+    "mnist": {"image_shape": (1, 28, 28), "levels": 2, "data": "mnist5k"},
+}
+# The smoke preset keeps MNIST's real digits (they are small) but shrinks the patches to noise.
+SMOKE_WORKLOADS: dict[str, dict[str, Any]] = {
+    "patches32": {"image_shape": (3, 8, 8), "levels": 2, "data": "random"},
+    "mnist": WORKLOADS["mnist"],
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},  # 8 repeats x 2 steps per phase and library, 2 memory processes each
+    "quick": {"warmup": 1, "repeats": 3, "iters": 1, "memory_iters": 1, "memory_repeats": 1},
     # Tiny model and data for tests: exercises every code path in seconds. One thread, because
     # two OpenMP threads on a busy machine can make tiny ops ~100x slower (spinning barriers).
-    "smoke": BenchConfig(
-        image_shape=(3, 8, 8),
-        threads=1,
-        levels=2,
-        steps=1,
-        hidden=8,
-        batch=4,
-        data="random",
-        num_batches=2,
-        warmup=1,
-        repeats=1,
-        iters=1,
-        memory_iters=1,
-        memory_repeats=1,
-    ),
+    "smoke": {
+        "threads": 1,
+        "steps": 1,
+        "hidden": 8,
+        "batch": 4,
+        "num_batches": 2,
+        "warmup": 1,
+        "repeats": 1,
+        "iters": 1,
+        "memory_iters": 1,
+        "memory_repeats": 1,
+    },
 }
+# A GPU step takes milliseconds: more steps per timed repeat keep the synchronisation around the
+# timers negligible, and memory needs no fresh processes, so every figure is cheap to repeat.
+CUDA_PRESETS: dict[str, dict[str, Any]] = {
+    "full": {"warmup": 3, "repeats": 8, "iters": 5, "memory_repeats": 3},
+    "quick": {"warmup": 2, "repeats": 3, "iters": 3},
+    "smoke": {},
+}
+
+
+def make_config(preset: str, workload: str, device: str = "cpu", **overrides: Any) -> BenchConfig:
+    """The configuration of ``preset`` for ``workload`` on ``device``, then ``overrides``."""
+    shapes = SMOKE_WORKLOADS if preset == "smoke" else WORKLOADS
+    on_gpu = CUDA_PRESETS[preset] if torch.device(device).type == "cuda" else {}
+    fields = shapes[workload] | PRESETS[preset] | on_gpu | overrides
+    return BenchConfig(workload=workload, device=device, **fields)
 
 
 # --------------------------------------------------------------------------- data
 
 
 def make_batches(cfg: BenchConfig) -> list[Tensor]:
-    """``num_batches`` seeded uint8 batches: bundled photo patches, or noise for other shapes."""
+    """``num_batches`` seeded uint8 batches (on the CPU): bundled images, or noise."""
     gen = torch.Generator().manual_seed(cfg.seed)
     n = cfg.num_batches * cfg.batch
-    if cfg.data == "patches32":
+    if cfg.data in ("patches32", "mnist5k"):
         from msflow.data import get_dataset
 
-        images = get_dataset("patches32", "train").images
+        images = get_dataset(cfg.data, "train").images
         if tuple(images.shape[1:]) != cfg.image_shape:
             raise ValueError(
-                f"patches32 images are {tuple(images.shape[1:])}, not {cfg.image_shape}; use data='random'"
+                f"{cfg.data} images are {tuple(images.shape[1:])}, not {cfg.image_shape}; use data='random'"
             )
         idx = torch.randperm(images.shape[0], generator=gen)[:n]
         if idx.numel() < n:
@@ -120,7 +165,7 @@ def make_batches(cfg: BenchConfig) -> list[Tensor]:
     elif cfg.data == "random":
         images = torch.randint(0, 256, (n, *cfg.image_shape), generator=gen, dtype=torch.uint8)
     else:
-        raise ValueError(f"unknown data {cfg.data!r}; use 'patches32' or 'random'")
+        raise ValueError(f"unknown data {cfg.data!r}; use 'patches32', 'mnist5k' or 'random'")
     return list(images.split(cfg.batch))
 
 
@@ -140,16 +185,39 @@ class Contestant:
     optimizer: torch.optim.Optimizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=self.lr)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """Trainable parameters (FrEIA keeps its fixed 1x1 convs and squeeze kernels as frozen ones)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> float:
-        """Run ActNorm's data-dependent initialisation (both libraries do it on the first call)."""
+        """Run ActNorm's data-dependent initialisation (every library does it on the first call)."""
         with self.precision():
             return self.bits_per_dim(x).mean().item()
+
+    @torch.inference_mode()
+    def check_device(self, x: Tensor) -> None:
+        """Raise unless the weights, the bits/dim and the samples all live on ``x``'s device."""
+        with self.precision():
+            outputs = {"bits/dim": self.bits_per_dim(x[:2]), "samples": self.sample(2)}
+        # 0-d buffers are flags, not compute: normflows' ActNorm swaps its "initialised" flag for a
+        # new CPU scalar on its first call, whatever the device.
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.dim() > 0]
+        where = {f"{len(tensors)} weights": {t.device for t in tensors}} | {k: {v.device} for k, v in outputs.items()}
+        if any(devices != {x.device} for devices in where.values()):
+            raise RuntimeError(f"{self.name} does not run on {x.device} alone: {where}")
+
+
+def _dequantize(x: Tensor) -> Tensor:
+    """What msflow computes inside ``bits_per_dim``: ``v = (x + u) / 256 - 1/2``, ``u ~ U[0, 1)``."""
+    return (x.to(torch.float32) + torch.rand(x.shape, device=x.device)) / 256.0 - 0.5
+
+
+def _quantize(v: Tensor) -> Tensor:
+    return ((v + 0.5) * 256.0).floor().clamp(0, 255).to(torch.uint8)
 
 
 def build_msflow(cfg: BenchConfig, precision: str = "float32") -> Contestant:
@@ -159,6 +227,7 @@ def build_msflow(cfg: BenchConfig, precision: str = "float32") -> Contestant:
 
     torch.manual_seed(cfg.seed)
     model = glow(cfg.image_shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden, preprocess="center")
+    model.to(cfg.device)
     name = "msflow" if precision == "float32" else f"msflow[{precision}]"
     return Contestant(
         name=name,
@@ -207,24 +276,113 @@ def build_normflows(cfg: BenchConfig) -> Contestant:
     with warnings.catch_warnings():
         # normflows' LU 1x1 conv calls the deprecated torch.lu once per block at build time.
         warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
-        model = normflows_glow(cfg)
+        model = normflows_glow(cfg).to(cfg.device)
     num_dims = math.prod(cfg.image_shape)
 
     def bpd(x: Tensor) -> Tensor:
-        v = (x.to(torch.float32) + torch.rand(x.shape)) / 256.0 - 0.5
-        return bits_per_dim(model.log_prob(v, None), num_dims)
+        return bits_per_dim(model.log_prob(_dequantize(x), None), num_dims)
 
     def sample(n: int) -> Tensor:
         v, _ = model.sample(n)  # normflows always returns log q too; that cost is part of its API
-        return ((v + 0.5) * 256.0).floor().clamp(0, 255).to(torch.uint8)
+        return _quantize(v)
 
     return Contestant(name="normflows", model=model, bits_per_dim=bpd, sample=sample, lr=cfg.lr)
 
 
+def glow_log_scale(h: Tensor) -> Tensor:
+    """Glow's coupling log-scale ``log sigmoid(h + 2)``, given to FrEIA as its clamp function."""
+    return F.logsigmoid(h + 2.0)
+
+
+def _freia_subnet(hidden: int) -> Callable[[int, int], nn.Module]:
+    """The coupling net handed to FrEIA: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-init conv3x3."""
+
+    def build(c_in: int, c_out: int) -> nn.Module:
+        last = nn.Conv2d(hidden, c_out, 3, padding=1)
+        nn.init.zeros_(last.weight)  # every coupling starts as a fixed scaling, as in msflow
+        nn.init.zeros_(last.bias)
+        return nn.Sequential(
+            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last
+        )
+
+    return build
+
+
+def freia_glow(cfg: BenchConfig) -> nn.Module:
+    """FrEIA's Glow with the same levels/steps/width: a ``GraphINN`` of FrEIA's own modules.
+
+    Each level is ``IRevNetDownsampling`` (FrEIA's squeeze; its default backend is a strided
+    0/1 convolution whose channel order is exactly ``pixel_unshuffle``'s), ``steps`` x
+    [``ActNorm`` (data-initialised), ``Fixed1x1Conv`` with a random rotation (FrEIA 0.2 has no
+    learned invertible 1x1 conv), ``AffineCouplingOneSided`` (one subnet; the first half of the
+    channels conditions, the second is scaled by ``sigmoid(h + 2)`` and shifted)], then ``Split``
+    into halves: the first goes on to the next level, the second is a latent (an ``OutputNode``).
+    The latents come out fine to coarse, with the shapes of msflow's.
+
+    Example:
+        >>> cfg = make_config("smoke", "patches32")
+        >>> model = freia_glow(cfg)
+        >>> zs, log_det = model(torch.rand(2, *cfg.image_shape))
+        >>> [tuple(z.shape) for z in zs], tuple(log_det.shape)
+        ([(2, 6, 4, 4), (2, 24, 2, 2)], (2,))
+    """
+    import FrEIA.framework as Ff
+    import FrEIA.modules as Fm
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    node = Ff.InputNode(*cfg.image_shape, name="v")
+    nodes, latents = [node], []
+    for level in range(cfg.levels):
+        node = Ff.Node(node, Fm.IRevNetDownsampling, {}, name=f"squeeze{level}")
+        nodes.append(node)
+        channels = node.output_dims[0][0]
+        # clamp 1 and Glow's log-scale as the clamp function: FrEIA then computes s = log sigmoid(h + 2).
+        coupling = {"subnet_constructor": _freia_subnet(cfg.hidden), "clamp": 1.0, "clamp_activation": glow_log_scale}
+        for step in range(cfg.steps):
+            rotation = torch.linalg.qr(torch.randn(channels, channels, generator=gen)).Q  # Glow's W at init
+            actnorm = Ff.Node(node, Fm.ActNorm, {}, name=f"actnorm{level}.{step}")
+            conv = Ff.Node(actnorm, Fm.Fixed1x1Conv, {"M": rotation}, name=f"conv1x1_{level}.{step}")
+            node = Ff.Node(conv, Fm.AffineCouplingOneSided, coupling, name=f"coupling{level}.{step}")
+            nodes += [actnorm, conv, node]
+        if level < cfg.levels - 1:
+            split = Ff.Node(node, Fm.Split, {}, name=f"split{level}")
+            nodes.append(split)
+            latents.append(Ff.OutputNode(split.out1, name=f"z{level}"))
+            node = split.out0
+        else:
+            latents.append(Ff.OutputNode(node, name=f"z{level}"))
+    return Ff.GraphINN(nodes + latents, force_tuple_output=True)
+
+
+def build_freia(cfg: BenchConfig) -> Contestant:
+    """FrEIA's Glow, fed v = (x + u) / 256 - 1/2 like normflows; its latents are scored by N(0, I)."""
+    from msflow.distributions import standard_normal_log_prob
+    from msflow.metrics.bpd import bits_per_dim
+
+    torch.manual_seed(cfg.seed)
+    model = freia_glow(cfg).to(cfg.device)
+    latent_shapes = list(model.global_out_shapes)
+    num_dims = math.prod(cfg.image_shape)
+
+    def bpd(x: Tensor) -> Tensor:
+        zs, log_det = model(_dequantize(x))
+        return bits_per_dim(log_det + sum(standard_normal_log_prob(z) for z in zs), num_dims)
+
+    def sample(n: int) -> Tensor:
+        device = next(model.parameters()).device
+        zs = [torch.randn(n, *shape, device=device) for shape in latent_shapes]
+        (v,), _ = model(zs, rev=True, jac=False)  # FrEIA lets sampling skip the log-dets
+        return _quantize(v)
+
+    return Contestant(name="freia", model=model, bits_per_dim=bpd, sample=sample, lr=cfg.lr)
+
+
 def build_contestant(spec: str, cfg: BenchConfig) -> Contestant:
-    """``"msflow"``, ``"msflow[bf16-mixed]"`` or ``"normflows"``."""
+    """``"msflow"``, ``"msflow[bf16-mixed]"``, ``"normflows"`` or ``"freia"``."""
     if spec == "normflows":
         return build_normflows(cfg)
+    if spec == "freia":
+        return build_freia(cfg)
     match = re.fullmatch(r"msflow(?:\[(.+)\])?", spec)
     if match is None:
         raise ValueError(f"unknown contestant {spec!r}")
@@ -232,32 +390,39 @@ def build_contestant(spec: str, cfg: BenchConfig) -> Contestant:
 
 
 # --------------------------------------------------------------------------- phases
+# Each step returns its loss (or the mean sample value) as a tensor: turning it into a Python
+# number would synchronise a GPU after every step.
 
 
-def train_step(c: Contestant, x: Tensor) -> float:
+def train_step(c: Contestant, x: Tensor) -> Tensor:
     c.optimizer.zero_grad(set_to_none=True)
     with c.precision():
         loss = c.bits_per_dim(x).mean()
     loss.backward()
     c.optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
-def eval_step(c: Contestant, x: Tensor) -> float:
+def eval_step(c: Contestant, x: Tensor) -> Tensor:
     with torch.inference_mode(), c.precision():
-        return c.bits_per_dim(x).mean().item()
+        return c.bits_per_dim(x).mean()
 
 
-def sample_step(c: Contestant, x: Tensor) -> float:
+def sample_step(c: Contestant, x: Tensor) -> Tensor:
     with torch.inference_mode(), c.precision():
-        return c.sample(x.shape[0]).float().mean().item()
+        return c.sample(x.shape[0]).float().mean()
 
 
-STEPS: dict[str, Callable[[Contestant, Tensor], float]] = {
+STEPS: dict[str, Callable[[Contestant, Tensor], Tensor]] = {
     "train": train_step,
     "eval": eval_step,
     "sample": sample_step,
 }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -270,6 +435,7 @@ def time_phases(cfg: BenchConfig, contestants: list[Contestant], batches: list[T
     Besides wall-clock throughput it records images per CPU-second of this process
     (``time.process_time``), which is less sensitive to other processes stealing the cores.
     """
+    device = batches[0].device
     wall: dict[str, dict[str, list[float]]] = {c.name: {p: [] for p in PHASES} for c in contestants}
     cpu: dict[str, dict[str, list[float]]] = {c.name: {p: [] for p in PHASES} for c in contestants}
     last: dict[str, dict[str, float]] = {c.name: {} for c in contestants}
@@ -280,12 +446,16 @@ def time_phases(cfg: BenchConfig, contestants: list[Contestant], batches: list[T
                 step(c, batches[i % len(batches)])
         for r in range(cfg.repeats):
             for c in contestants if r % 2 == 0 else contestants[::-1]:
+                _sync(device)
                 wall0, cpu0 = time.perf_counter(), time.process_time()
                 for i in range(cfg.iters):
-                    last[c.name][phase] = step(c, batches[(r * cfg.iters + i) % len(batches)])
+                    value = step(c, batches[(r * cfg.iters + i) % len(batches)])
+                _sync(device)
+                wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
                 images = cfg.iters * cfg.batch
-                wall[c.name][phase].append(images / (time.perf_counter() - wall0))
-                cpu[c.name][phase].append(images / max(time.process_time() - cpu0, 1e-9))
+                wall[c.name][phase].append(images / wall_s)
+                cpu[c.name][phase].append(images / max(cpu_s, 1e-9))
+                last[c.name][phase] = value.item()
     return {
         c.name: {
             p: _summary(wall[c.name][p])
@@ -303,10 +473,10 @@ def time_phases(cfg: BenchConfig, contestants: list[Contestant], batches: list[T
 # --------------------------------------------------------------------------- memory
 
 
-def memory_worker(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
+def memory_worker(cfg: BenchConfig, spec: str, phase: str, batches_path: str | None = None) -> dict[str, Any]:
     """Run in a fresh process: peak RSS of ``memory_iters`` steps of ``phase`` over the RSS before."""
     torch.set_num_threads(cfg.threads)
-    batches = make_batches(cfg)
+    batches = torch.load(batches_path) if batches_path else make_batches(cfg)
     c = build_contestant(spec, cfg)
     # One small-batch step first, so one-time costs (thread pools, kernel caches, the autograd
     # engine, Adam's state) are not counted and the delta is what the batch itself needs.
@@ -321,116 +491,222 @@ def memory_worker(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
     return measure_peak(full_batch_steps)
 
 
-def measure_memory(cfg: BenchConfig, spec: str, phase: str) -> dict[str, Any]:
-    """Median of ``memory_repeats`` fresh-process measurements (the allocator varies by a few MiB)."""
-    config = json.dumps(dataclasses.asdict(cfg))
-    cmd = worker_command(__file__, "--_memory-worker", spec, phase, "--_config", config)
+def measure_memory(cfg: BenchConfig, spec: str, phase: str, batches_path: str | None = None) -> dict[str, Any]:
+    """Median of ``memory_repeats`` fresh-process measurements (the allocator varies by a few MiB).
+
+    ``batches_path``: the batches saved with ``torch.save``, so that workers neither parse the
+    dataset again nor see other images.
+    """
+    args = ["--_memory-worker", spec, phase, "--_config", json.dumps(dataclasses.asdict(cfg))]
+    cmd = worker_command(__file__, *args, *(["--_batches", batches_path] if batches_path else []))
     return median_of_processes(cmd, cfg.memory_repeats, f"{spec}/{phase}")
+
+
+def measure_memory_cuda(cfg: BenchConfig, c: Contestant, phase: str, batches: list[Tensor]) -> dict[str, Any]:
+    """Median of ``memory_repeats`` in-process measurements of ``memory_iters`` full-batch steps.
+
+    The contestant has been timed already; one more full-batch step makes sure that cuDNN's
+    workspaces and Adam's state exist before the peak counter is reset.
+    """
+    STEPS[phase](c, batches[0])
+
+    def full_batch_steps() -> None:
+        for i in range(cfg.memory_iters):
+            STEPS[phase](c, batches[i % len(batches)])
+
+    return median_run([measure_cuda_peak(full_batch_steps, batches[0].device) for _ in range(cfg.memory_repeats)])
 
 
 # --------------------------------------------------------------------------- run + report
 
 
-def _environment() -> dict[str, Any]:
-    import normflows
+def _version(package: str) -> str:
+    """The installed distribution's version, else the module's ``__version__`` (a copy on ``PYTHONPATH``)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(importlib.import_module(package), "__version__", "?"))
 
-    import msflow
 
-    return {
+def environment(device: str) -> dict[str, Any]:
+    """Versions and the hardware the figures belong to."""
+    env: dict[str, Any] = {
         "torch": torch.__version__,
-        "normflows": getattr(normflows, "__version__", "?"),
-        "msflow": getattr(msflow, "__version__", "?"),
+        "normflows": _version("normflows"),
+        "FrEIA": _version("FrEIA"),
+        "msflow": _version("msflow"),
         "python": platform.python_version(),
+        "device": device,
         "cpu": cpu_name(),
+        "cpu_bf16_units": cpu_bf16_units(),
         "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
     }
+    if torch.device(device).type == "cuda":
+        env |= {
+            "gpu": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        }
+    return env
 
 
-def _ratios(throughput: dict[str, Any], mem: dict[str, Any], spec: str, phase: str) -> dict[str, float | None]:
-    """msflow variant / normflows: > 1 is faster for throughputs, < 1 is leaner for memory."""
-    ms, nf = throughput[spec][phase], throughput[BASELINE][phase]
+def _ratios(throughput: dict[str, Any], mem: dict[str, Any], spec: str, peer: str, phase: str) -> dict[str, Any]:
+    """msflow variant / peer: > 1 is faster for throughputs, < 1 is leaner for memory."""
+    ms, other = throughput[spec][phase], throughput[peer][phase]
     # Repeat r of both ran back to back, so their quotient cancels slow drifts in machine load.
-    paired = statistics.median(a / b for a, b in zip(ms["samples"], nf["samples"], strict=True))
-    peak = mem[spec][phase]["peak_delta_mib"] / mem[BASELINE][phase]["peak_delta_mib"] if mem else None
+    paired = statistics.median(a / b for a, b in zip(ms["samples"], other["samples"], strict=True))
+    peak = mem[spec][phase]["peak_delta_mib"] / mem[peer][phase]["peak_delta_mib"] if mem else None
     return {
-        "throughput": ms["median"] / nf["median"],
+        "throughput": ms["median"] / other["median"],
         "throughput_paired": paired,
-        "cpu_throughput": ms["cpu_median"] / nf["cpu_median"],
+        "cpu_throughput": ms["cpu_median"] / other["cpu_median"],
         "peak_memory": peak,
     }
 
 
-def run_benchmark(cfg: BenchConfig, precision: str = "float32", memory: bool = True) -> dict[str, Any]:
-    """Time (and optionally measure memory of) every contestant; returns the JSON report."""
-    torch.set_num_threads(cfg.threads)
-    specs = ["msflow", BASELINE] + ([f"msflow[{precision}]"] if precision != "float32" else [])
-    env = _environment() | {"threads": cfg.threads, "loadavg_before": list(os.getloadavg())}
-    batches = make_batches(cfg)
+def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dict[str, Any]:
+    """Time (and optionally measure the memory of) every contestant on one workload."""
+    start = time.perf_counter()
+    device = torch.device(cfg.device)
+    cpu_batches = make_batches(cfg)
+    batches = [b.to(device) for b in cpu_batches]
     contestants = [build_contestant(s, cfg) for s in specs]
     models = {c.name: {"params": c.num_params(), "bpd_at_init": c.initialize(batches[0])} for c in contestants}
-    start = time.perf_counter()
+    for c in contestants:
+        c.check_device(batches[0])
     throughput = time_phases(cfg, contestants, batches)
     for c in contestants:
         models[c.name]["bpd_after_timing"] = throughput[c.name]["eval"]["last_value"]
+    mem: dict[str, Any] = {}
+    if memory and device.type == "cuda":
+        mem = {c.name: {p: measure_memory_cuda(cfg, c, p, batches) for p in PHASES} for c in contestants}
     del contestants
-    mem = {s: {p: measure_memory(cfg, s, p) for p in PHASES} for s in specs} if memory else {}
-    env |= {"loadavg_after": list(os.getloadavg()), "wall_s": time.perf_counter() - start}
-    ratios = {s: {p: _ratios(throughput, mem, s, p) for p in PHASES} for s in specs if s != BASELINE}
+    if memory and device.type == "cpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "batches.pt")
+            torch.save(cpu_batches, path)
+            mem = {s: {p: measure_memory(cfg, s, p, path) for p in PHASES} for s in specs}
+    variants = [s for s in specs if s not in PEERS]
+    ratios = {s: {peer: {p: _ratios(throughput, mem, s, peer, p) for p in PHASES} for peer in PEERS} for s in variants}
     return {
         "config": dataclasses.asdict(cfg),
-        "environment": env,
         "models": models,
         "throughput": throughput,
         "memory": mem,
         "ratios": ratios,
+        "wall_s": time.perf_counter() - start,
     }
+
+
+def run_benchmark(cfgs: list[BenchConfig], precision: str = "float32", memory: bool = True) -> dict[str, Any]:
+    """Every workload of ``cfgs`` (one device for all); returns the JSON report."""
+    device = torch.device(cfgs[0].device)
+    if device.type == "cuda":
+        # For every contestant alike: the two lines a GPU user of any of these libraries would add.
+        # TF32 rounds the inputs of every matmul and convolution (the invertible 1x1 ones too).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(cfgs[0].threads)
+    specs = ["msflow", *PEERS] + ([f"msflow[{precision}]"] if precision != "float32" else [])
+    env = environment(cfgs[0].device) | {"loadavg_before": list(os.getloadavg())}
+    start = time.perf_counter()
+    workloads = {cfg.workload: run_workload(cfg, specs, memory) for cfg in cfgs}
+    env |= {"loadavg_after": list(os.getloadavg()), "wall_s": time.perf_counter() - start}
+    return {"environment": env, "workloads": workloads}
 
 
 def _fmt_rate(t: dict[str, Any]) -> str:
     return f"{t['median']:.1f} [{t['min']:.0f}-{t['max']:.0f}]"
 
 
-def markdown_table(report: dict[str, Any]) -> str:
-    """The main table: one row per (phase, msflow variant), normflows fp32 as the reference."""
-    cfg, env, thr, mem = report["config"], report["environment"], report["throughput"], report["memory"]
+def _hardware(env: dict[str, Any]) -> str:
+    if "gpu" in env:
+        return (
+            f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}), TF32 allowed for every contestant "
+            f"(matmul {env['tf32_matmul']}, cuDNN {env['tf32_cudnn']}), cuDNN benchmark {env['cudnn_benchmark']}; "
+            f"host {env['cpu']}"
+        )
+    units = ", ".join(env["cpu_bf16_units"]) or "none"
+    return f"{env['cpu']}, bf16 units: {units}; {env['threads']} torch threads"
+
+
+def workload_table(name: str, w: dict[str, Any]) -> list[str]:
+    """One row per (phase, msflow variant, peer)."""
+    cfg, thr, mem = w["config"], w["throughput"], w["memory"]
+    params = ", ".join(f"{k} {v['params']:,}" for k, v in w["models"].items())
+    init = ", ".join(f"{k} {v['bpd_at_init']:.2f}" for k, v in w["models"].items())
     lines = [
-        f"Glow {'x'.join(map(str, cfg['image_shape']))}, {cfg['levels']} levels x {cfg['steps']} steps, "
-        f"hidden {cfg['hidden']}, batch {cfg['batch']}, {env['threads']} threads, data {cfg['data']}; "
-        f"torch {env['torch']}, normflows {env['normflows']}; {env['cpu']}; "
-        f"load average {env['loadavg_before'][0]:.2f} -> {env['loadavg_after'][0]:.2f}",
+        f"**{name}**: Glow {'x'.join(map(str, cfg['image_shape']))}, {cfg['levels']} levels x {cfg['steps']} steps, "
+        f"hidden {cfg['hidden']}, batch {cfg['batch']}, data {cfg['data']}; {cfg['repeats']} repeats x "
+        f"{cfg['iters']} step(s). Trainable parameters: {params}. Bits/dim at init: {init}.",
         "",
-        "| phase | msflow variant | msflow img/s | normflows img/s | **speed ratio** | paired ratio "
-        "| CPU-time ratio | msflow peak MiB | normflows peak MiB | memory ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| phase | msflow variant | peer | msflow img/s | peer img/s | **speed ratio** | paired ratio "
+        "| CPU-time ratio | msflow peak MiB | peer peak MiB | memory ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in PHASES:
-        for name, r in report["ratios"].items():
-            label = "fp32 (main result)" if name == "msflow" else f"{name[7:-1]} subnets (extra row)"
-            m, b = mem.get(name, {}).get(phase), mem.get(BASELINE, {}).get(phase)
-            mem_cols = (
-                f"{m['peak_delta_mib']:.0f} | {b['peak_delta_mib']:.0f} | {r[phase]['peak_memory']:.2f}"
-                if m and b
-                else "- | - | -"
-            )
-            lines.append(
-                f"| {phase} | {label} | {_fmt_rate(thr[name][phase])} | {_fmt_rate(thr[BASELINE][phase])} "
-                f"| **{r[phase]['throughput']:.2f}** | {r[phase]['throughput_paired']:.2f} "
-                f"| {r[phase]['cpu_throughput']:.2f} | {mem_cols} |"
-            )
+        for variant, by_peer in w["ratios"].items():
+            label = "fp32" if variant == "msflow" else f"{variant[7:-1]} subnets"
+            for peer, by_phase in by_peer.items():
+                r = by_phase[phase]
+                m, b = mem.get(variant, {}).get(phase), mem.get(peer, {}).get(phase)
+                mem_cols = (
+                    f"{m['peak_delta_mib']:.0f} | {b['peak_delta_mib']:.0f} | {r['peak_memory']:.2f}"
+                    if m and b
+                    else "- | - | -"
+                )
+                lines.append(
+                    f"| {phase} | {label} | {peer} | {_fmt_rate(thr[variant][phase])} | {_fmt_rate(thr[peer][phase])} "
+                    f"| **{r['throughput']:.2f}** | {r['throughput_paired']:.2f} | {r['cpu_throughput']:.2f} "
+                    f"| {mem_cols} |"
+                )
+    return lines
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Header (versions, hardware, load), one table per workload, and the footnote."""
+    env = report["environment"]
+    any_cfg = next(iter(report["workloads"].values()))["config"]
+    on_gpu = "gpu" in env
+    lines = [
+        f"msflow {env['msflow']} vs normflows {env['normflows']} and FrEIA {env['FrEIA']}; torch {env['torch']}; "
+        f"device {env['device']}: {_hardware(env)}; load average {env['loadavg_before'][0]:.2f} -> "
+        f"{env['loadavg_after'][0]:.2f}; {env['wall_s']:.0f} s",
+    ]
+    for name, w in report["workloads"].items():
+        lines += ["", *workload_table(name, w)]
+    memory = (
+        "Peak MiB = CUDA memory allocated at the peak of the phase's steps minus the memory allocated before "
+        "them (torch.cuda.max_memory_allocated, in the benchmark process, after one warm full-batch step)"
+        if on_gpu
+        else "Peak MiB = extra resident memory of the phase (peak RSS minus RSS before, fresh process per library "
+        "and phase, after one small-batch step)"
+    )
+    cpu_time = (
+        "CPU-time ratio: the same ratio on images per host CPU-second, which on a GPU mostly follows "
+        "wall time (the host waits in synchronize)"
+        if on_gpu
+        else "CPU-time ratio: the same ratio on images per CPU-second of the process, less sensitive to other load"
+    )
     lines += [
         "",
-        "Speed ratio = median msflow img/s / median normflows img/s (> 1: msflow faster); [min-max] over "
-        f"{cfg['repeats']} interleaved repeats of {cfg['iters']} step(s), {cfg['warmup']} warm-up step(s) excluded. "
-        "Paired ratio: median over repeats of the ratio within a repeat (both ran back to back). "
-        "Peak MiB = extra resident memory of the phase (peak RSS minus RSS before, fresh process per "
-        f"library and phase, after one small-batch step; median of {cfg['memory_repeats']} process(es)); "
-        "memory ratio < 1: msflow uses less. CPU-time ratio: "
-        "the same ratio on images per CPU-second of the process, less sensitive to other load. Parameters: "
-        + ", ".join(f"{k} {v['params'] / 1e6:.2f}M" for k, v in report["models"].items())
-        + ". Architecture differences: msflow's split priors are conditioned on the kept half by a zero-init "
-        "3x3 conv (normflows' GlowBase split priors are unconditional per-channel Gaussians); normflows' "
-        "coupling nets use LeakyReLU(0), the same function as ReLU but its backward keeps the pre-activation; "
-        "normflows returns log q with every sample; otherwise the steps match (see benchmarks/README.md).",
+        "Speed ratio = median msflow img/s / median peer img/s (> 1: msflow faster); [min-max] over the "
+        f"interleaved repeats, {any_cfg['warmup']} warm-up step(s) excluded. Paired ratio: median over repeats of "
+        "the ratio within a repeat (all ran back to back). "
+        f"{memory}; median of {any_cfg['memory_repeats']} measurement(s); memory ratio < 1: msflow uses less. "
+        f"{cpu_time}. bf16 rows: msflow's coupling nets and split priors under bf16 autocast, against the "
+        "peers in fp32 (they have no such switch). Architecture differences (benchmarks/README.md): msflow's "
+        "split priors are learned Gaussians conditioned on the kept half by a zero-init 3x3 conv (normflows': "
+        "unconditional per-channel; FrEIA's latents: N(0, I), no prior parameters); normflows' coupling nets "
+        "use LeakyReLU(0) (ReLU's function, but its backward keeps the pre-activation) and it returns log q with "
+        "every sample; FrEIA's 1x1 convs are fixed random rotations (Fixed1x1Conv: FrEIA 0.2 has no learned "
+        "one), its squeeze is a strided 0/1 convolution (IRevNetDownsampling) and its graph runs node by node "
+        "in Python; otherwise the steps match.",
     ]
     return "\n".join(lines)
 
@@ -438,32 +714,52 @@ def markdown_table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="few repeats (1-4 minutes)")
+    size.add_argument("--quick", action="store_true", help="few repeats (~2.5 minutes on 2 idle CPU cores)")
     size.add_argument("--smoke", action="store_true", help="tiny model, one step (tests)")
+    parser.add_argument(
+        "--shape", default="all", choices=[*WORKLOADS, "all"], help="workload(s): 3x32x32 patches, 1x28x28 MNIST"
+    )
     parser.add_argument(
         "--precision",
         default="float32",
         choices=["float32", "bf16-mixed"],
-        help="also time msflow with subnets in this precision (an extra row; fp32 stays the main result)",
+        help="also time msflow with subnets in this precision (extra rows; fp32 stays the main result)",
     )
+    parser.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda[:N]': every model and batch there")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--threads", type=int, help="torch threads (default 2)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--threads", type=int, help="torch threads on the CPU (default 2); ignored on CUDA")
+    parser.add_argument("--batch", type=int, help="images per step (default 64)")
     parser.add_argument("--repeats", type=int, help="override the number of timed repeats")
+    parser.add_argument("--iters", type=int, help="override the steps per timed repeat")
     parser.add_argument("--_memory-worker", nargs=2, metavar=("SPEC", "PHASE"), help=argparse.SUPPRESS)
     parser.add_argument("--_config", help=argparse.SUPPRESS)
+    parser.add_argument("--_batches", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args._memory_worker:
         raw = json.loads(args._config)
         cfg = BenchConfig(**(raw | {"image_shape": tuple(raw["image_shape"])}))
-        print(json.dumps(memory_worker(cfg, *args._memory_worker)))
+        print(json.dumps(memory_worker(cfg, *args._memory_worker, args._batches)))
         return 0
 
-    cfg = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
-    overrides = {k: v for k, v in {"threads": args.threads, "repeats": args.repeats}.items() if v is not None}
-    cfg = dataclasses.replace(cfg, **overrides)
-    report = run_benchmark(cfg, precision=args.precision, memory=not args.no_memory)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device {args.device!r}: {err}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: use 'cpu' or 'cuda[:N]'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+
+    preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+    overrides = {"threads": args.threads, "batch": args.batch, "repeats": args.repeats, "iters": args.iters}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    shapes = list(WORKLOADS) if args.shape == "all" else [args.shape]
+    cfgs = [make_config(preset, shape, args.device, **overrides) for shape in shapes]
+    report = run_benchmark(cfgs, precision=args.precision, memory=not args.no_memory)
     print(markdown_table(report))
     if args.json:
         with open(args.json, "w") as f:

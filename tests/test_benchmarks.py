@@ -15,6 +15,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from torch import Tensor
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -34,6 +35,7 @@ def _load_script(name: str) -> ModuleType:
 @pytest.fixture(scope="module")
 def peers() -> ModuleType:
     pytest.importorskip("normflows")
+    pytest.importorskip("FrEIA")
     return _load_script("peers")
 
 
@@ -50,43 +52,122 @@ def _keep_thread_count() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def test_smoke_report_has_every_phase_and_positive_throughput(peers: ModuleType, tmp_path: Path) -> None:
+def test_smoke_report_has_every_workload_contestant_and_peer_ratio(
+    peers: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "peers.json"
     assert peers.main(["--smoke", "--no-memory", "--precision", "bf16-mixed", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
 
-    assert set(report) >= {"config", "environment", "models", "throughput", "memory", "ratios"}
-    assert set(report["throughput"]) == {"msflow", "normflows", "msflow[bf16-mixed]"}
-    for by_phase in report["throughput"].values():
-        assert set(by_phase) == {"train", "eval", "sample"}
-        for t in by_phase.values():
-            assert t["median"] > 0 and t["cpu_median"] > 0
-            assert len(t["samples"]) == report["config"]["repeats"]
-    assert set(report["ratios"]) == {"msflow", "msflow[bf16-mixed]"}
-    for by_phase in report["ratios"].values():
-        for r in by_phase.values():
-            assert set(r) == {"throughput", "throughput_paired", "cpu_throughput", "peak_memory"}
-            assert r["throughput"] > 0 and r["throughput_paired"] > 0 and r["cpu_throughput"] > 0
-    for model in report["models"].values():
-        # Both libraries report bits/dim on the same scale: finite and near 8 for a fresh model.
-        assert model["params"] > 0 and 0 < model["bpd_at_init"] < 50
+    assert set(report) == {"environment", "workloads"}
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["threads"] == 1
+    assert set(env["cpu_bf16_units"]) <= {"avx512_bf16", "amx_bf16"}
+    assert set(report["workloads"]) == {"patches32", "mnist"}
+    mnist = report["workloads"]["mnist"]["config"]
+    assert mnist["image_shape"] == [1, 28, 28] and mnist["levels"] == 2 and mnist["data"] == "mnist5k"
+    contestants = {"msflow", "normflows", "freia", "msflow[bf16-mixed]"}
+    for w in report["workloads"].values():
+        assert set(w) >= {"config", "models", "throughput", "memory", "ratios"}
+        assert set(w["throughput"]) == set(w["models"]) == contestants
+        for by_phase in w["throughput"].values():
+            assert set(by_phase) == {"train", "eval", "sample"}
+            for t in by_phase.values():
+                assert t["median"] > 0 and t["cpu_median"] > 0
+                assert len(t["samples"]) == w["config"]["repeats"]
+        assert set(w["ratios"]) == {"msflow", "msflow[bf16-mixed]"}
+        for by_peer in w["ratios"].values():
+            assert set(by_peer) == {"normflows", "freia"}
+            for by_phase in by_peer.values():
+                assert set(by_phase) == {"train", "eval", "sample"}
+                for r in by_phase.values():
+                    assert set(r) == {"throughput", "throughput_paired", "cpu_throughput", "peak_memory"}
+                    assert r["throughput"] > 0 and r["throughput_paired"] > 0 and r["cpu_throughput"] > 0
+                    assert r["peak_memory"] is None  # --no-memory
+        for model in w["models"].values():
+            # Every library reports bits/dim on the same scale: near 8 for a fresh model.
+            assert model["params"] > 0 and 6 < model["bpd_at_init"] < 10
+    table = capsys.readouterr().out
+    for peer in ("normflows", "freia"):
+        assert f"| train | fp32 | {peer} |" in table and f"| sample | bf16-mixed subnets | {peer} |" in table
 
 
-def test_models_match_in_size_and_latent_dimension(peers: ModuleType) -> None:
-    cfg = peers.PRESETS["smoke"]
-    ms, nf = peers.build_contestant("msflow", cfg), peers.build_contestant("normflows", cfg)
+def test_models_match_in_size_and_latent_shapes(peers: ModuleType) -> None:
+    from msflow.transforms import GaussianSplitPrior, InvConv1x1
+
+    cfg = peers.make_config("smoke", "patches32")
+    ms, nf, fr = (peers.build_contestant(s, cfg) for s in ("msflow", "normflows", "freia"))
     # Same steps and widths; msflow adds only its split priors' small conditioning convs.
     assert 0.9 < ms.num_params() / nf.num_params() < 1.2
+    # FrEIA has the same ActNorms and coupling nets; it lacks the learned 1x1 convs and the priors.
+    not_in_freia = sum(
+        p.numel() for m in ms.model.modules() if isinstance(m, InvConv1x1 | GaussianSplitPrior) for p in m.parameters()
+    )
+    assert fr.num_params() == ms.num_params() - not_in_freia
+    assert [tuple(s) for s in fr.model.global_out_shapes] == [tuple(s) for s in ms.model.latent_shapes()]
     x = peers.make_batches(cfg)[0]
-    for c in (ms, nf):
+    for c in (ms, nf, fr):
         c.initialize(x)
-        assert peers.sample_step(c, x) >= 0
-        assert peers.train_step(c, x) > 0
+        c.check_device(x)
+        images = c.sample(3)
+        assert images.dtype == torch.uint8 and images.shape == (3, *cfg.image_shape)
+        assert peers.sample_step(c, x).item() >= 0
+        assert peers.train_step(c, x).item() > 0
 
 
-def test_memory_worker_runs_in_a_fresh_process(peers: ModuleType) -> None:
-    cfg = dataclasses.replace(peers.PRESETS["smoke"], memory_iters=1)
-    mem = peers.measure_memory(cfg, "msflow", "eval")
+def test_freia_glow_inverts_and_its_log_det_is_the_jacobians(peers: ModuleType) -> None:
+    cfg = peers.make_config("smoke", "patches32")
+    torch.manual_seed(0)
+    model = peers.freia_glow(cfg)
+    v = torch.rand(4, *cfg.image_shape) - 0.5
+    with torch.no_grad():
+        model(v)  # ActNorm's data-dependent initialisation
+        model.double()
+        for p in model.parameters():
+            if p.requires_grad:  # move the couplings off their zero init, so they matter
+                p.add_(0.1 * torch.randn_like(p))
+        v = v.double()
+        zs, log_det = model(v)
+        (v_back,), _ = model(list(zs), rev=True)
+    # Not to float64 precision: FrEIA computes each fixed 1x1 conv's inverse (and log-det) once, in float32.
+    assert torch.allclose(v_back, v, atol=1e-6)
+
+    def flat_latents(image: Tensor) -> Tensor:
+        return torch.cat([z.flatten() for z in model(image[None])[0]])
+
+    jac = torch.autograd.functional.jacobian(flat_latents, v[0])
+    jac = jac.reshape(v[0].numel(), v[0].numel())
+    sign, logabsdet = torch.linalg.slogdet(jac)
+    assert sign != 0 and torch.allclose(logabsdet, log_det[0], atol=1e-5)
+
+
+def test_freia_contestant_scores_inverts_and_samples_digits(peers: ModuleType) -> None:
+    cfg = peers.make_config("smoke", "mnist")
+    fr = peers.build_contestant("freia", cfg)
+    x = peers.make_batches(cfg)[0]
+    assert 7 < fr.initialize(x) < 9  # uint8 digits, fresh model
+    v = peers._dequantize(x)
+    with torch.no_grad():
+        zs, _ = fr.model(v)
+        (v_back,), _ = fr.model(list(zs), rev=True)
+    assert torch.allclose(v_back, v, atol=1e-5)
+    images = fr.sample(5)
+    assert images.dtype == torch.uint8 and images.shape == (5, 1, 28, 28)
+
+
+def test_device_must_exist(peers: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        peers.main(["--smoke", "--device", "tpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            peers.main(["--smoke", "--device", "cuda"])
+
+
+def test_memory_worker_runs_in_a_fresh_process(peers: ModuleType, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(peers.make_config("smoke", "patches32"), memory_iters=1)
+    path = tmp_path / "batches.pt"
+    torch.save(peers.make_batches(cfg), path)
+    mem = peers.measure_memory(cfg, "freia", "train", str(path))
     assert set(mem) == {"rss_before_mib", "peak_rss_mib", "peak_delta_mib", "peak_reset", "peak_delta_mib_samples"}
     assert mem["peak_rss_mib"] >= mem["rss_before_mib"] > 0
 
