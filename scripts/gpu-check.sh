@@ -23,9 +23,9 @@ for stage in $stages; do
     train) python3 -m msflow.cli train mnist5k-glow train.device=cuda train.progress=false --out /tmp/gpu-glow 2>&1 | tail -12
            cp /tmp/gpu-glow/metrics.jsonl "$out/gpu-glow-metrics.jsonl" ;;
     peers) python3 benchmarks/peers.py --device cuda --precision bf16-mixed --json "$out/peers-cuda.json" ;;
-    cnf) python3 benchmarks/cnf_peers.py --device cuda --json "$out/cnf-peers-cuda.json" ;;
-    scaling) python3 benchmarks/scaling.py --device cuda --json "$out/scaling-cuda.json" --plot "$out/scaling-cuda.png" ;;
-    marscf) python3 benchmarks/marscf_sampling.py --device cuda --sizes 8 16 32 64 128 --repeats 50 \
+    cnf) python3 benchmarks/cnf_peers.py --device cuda --quick --batch 256 --json "$out/cnf-peers-cuda.json" ;;
+    scaling) python3 benchmarks/scaling.py --device cuda --quick --json "$out/scaling-cuda.json" --plot "$out/scaling-cuda.png" ;;
+    marscf) python3 benchmarks/marscf_sampling.py --device cuda --sizes 8 16 32 64 128 --repeats 20 \
               --json "$out/marscf-sampling-cuda.json" --plot "$out/marscf-sampling-cuda.png" | tail -12 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,22 @@ def test_stability_smoke_trains_both_models_and_reports(tmp_path: Path) -> None:
         assert r["test_bpd"] > 0 and r["params"] > 0 and r["worst_rise"] >= 0
     assert (out / "stability.png").stat().st_size > 0
     assert "| balanced |" in (out / "stability.md").read_text() and "| glow |" in proc.stdout
+
+
+def test_equal_budget_smoke_trains_each_contestant_and_scores_the_test_set(tmp_path: Path) -> None:
+    pytest.importorskip("normflows")
+    pytest.importorskip("FrEIA")
+    budget = _load_script("equal_budget")
+    out, plot = tmp_path / "budget.json", tmp_path / "budget.png"
+    specs = ["msflow[float32]", "freia"]
+    assert budget.main(["--smoke", "--specs", *specs, "--json", str(out), "--plot", str(plot)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["spec"] for r in report["results"]] == specs
+    for r in report["results"]:
+        assert r["steps"] > 0 and r["train_seconds"] >= report["config"]["budget"]
+        assert math.isfinite(r["test_bpd"]) and 0 < r["test_bpd"] < 10 and r["test_bpd_stderr"] > 0
+        assert r["curve"] and r["curve"][0]["step"] == 1
+    assert report["results"][0]["precision"] == "float32" and report["results"][0]["params"] == 1760
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        budget.main(["--smoke", "--specs", "glow"])

@@ -216,6 +216,7 @@ def test_max_seconds_stops_training_and_counts_time_over_resumes(tmp_path: Path,
         (frozenset({"amx_bf16", "amx_tile"}), "cpu", "bf16-mixed"),
         (frozenset({"avx2", "avx512f"}), "cpu", "float32"),
         (frozenset(), "cpu", "float32"),
+        (frozenset({"avx512_bf16"}), "cuda", "float32"),  # launch-bound on a GPU: see msflow/train/precision.py
     ],
 )
 def test_auto_precision_is_bf16_mixed_only_on_bf16_hardware(

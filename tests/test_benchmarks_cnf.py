@@ -1,0 +1,111 @@
+"""benchmarks/cnf_peers.py at a tiny size: its report has the promised shape, and the two
+contestants (msflow's CNF block and the plain torchdiffeq FFJORD) compute the same quantity.
+
+Speed ratios are never asserted: they depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    # benchmarks/ is a folder of scripts, not a package: load the file itself, with its folder on
+    # sys.path as when it runs as a script (for the shared benchmarks/_memory.py).
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("msflow_bench_cnf_peers", BENCHMARKS / "cnf_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count() -> Iterator[None]:
+    # The benchmark sets torch's thread count for the whole process; give it back to the suite.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_smoke_report_has_both_contestants_every_phase_and_nfe(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "cnf_peers.json"
+    assert bench.main(["--smoke", "--no-memory", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+
+    assert set(report) >= {"config", "environment", "models", "check", "throughput", "nfe", "memory", "ratios"}
+    names = {"msflow", "ffjord"}
+    assert set(report["throughput"]) == set(report["nfe"]) == set(report["models"]) == names
+    for name in names:
+        for phase in ("train", "eval", "sample"):
+            t = report["throughput"][name][phase]
+            assert t["median"] > 0 and t["cpu_median"] > 0
+            assert len(t["samples"]) == report["config"]["repeats"]
+            parts = report["nfe"][name][phase]
+            assert set(parts) == ({"forward", "backward"} if phase == "train" else {"solve"})
+            assert all(p["median"] > 0 for p in parts.values())
+        model = report["models"][name]
+        # Bits/dim of a fresh field on uniform-noise images: finite, near 8 plus what the
+        # random (not zero) field adds.
+        assert math.isfinite(model["bpd_at_init"]) and math.isfinite(model["bpd_after_timing"])
+        assert 0 < model["bpd_at_init"] < 50
+    assert report["models"]["msflow"]["params"] == report["models"]["ffjord"]["params"] > 0
+    for r in report["ratios"].values():
+        assert r["throughput"] > 0 and r["throughput_paired"] > 0 and r["cpu_throughput"] > 0
+        assert r["peak_memory"] is None
+
+
+@pytest.mark.parametrize("gradients", ["adjoint", "direct"])
+def test_identical_weights_give_the_same_bits_per_dim_gradients_and_samples(bench: ModuleType, gradients: str) -> None:
+    cfg = dataclasses.replace(bench.PRESETS["smoke"], gradients=gradients)
+    torch.set_num_threads(cfg.threads)
+    inputs = bench.Inputs.from_batches(bench.make_batches(cfg), cfg.seed, cfg.device)
+    ms, ff = bench.build_pair(cfg)
+    check = bench.check_equivalence(cfg, ms, ff, inputs)
+
+    # Same function, same solver settings, same inputs and probes: the same solves. Measured
+    # identical to the last bit on the CPU; allow for a platform's float rounding, far inside the
+    # eval solver's tolerance (1e-5).
+    assert check["grad_max_abs"] > 0  # the field is not zero: the solves are not trivial
+    assert check["eval_bpd_max_abs_diff"] <= 1e-5
+    assert check["train_loss_abs_diff"] <= 1e-5
+    assert check["grad_rel_diff"] <= 1e-4
+    assert check["sample_max_abs_diff"] <= 1e-5
+    assert check["nfe"]["msflow"] == check["nfe"]["ffjord"]
+    backward = check["nfe"]["msflow"].pop("train_backward")
+    assert all(n > 0 for n in check["nfe"]["msflow"].values())
+    # Back-propagation through the solver's operations evaluates the field no more.
+    assert backward > 0 if gradients == "adjoint" else backward == 0
+
+    # The check is not vacuous: a different weight in the peer shows up.
+    with torch.no_grad():
+        next(ff.model.parameters()).add_(0.1)
+    assert bench.check_equivalence(cfg, ms, ff, inputs)["eval_bpd_max_abs_diff"] > 1e-4
+
+
+def test_memory_worker_runs_in_a_fresh_process(bench: ModuleType) -> None:
+    mem = bench.measure_memory(bench.PRESETS["smoke"], "ffjord", "eval")
+    assert set(mem) == {"rss_before_mib", "peak_rss_mib", "peak_delta_mib", "peak_reset", "peak_delta_mib_samples"}
+    assert mem["peak_rss_mib"] >= mem["rss_before_mib"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--smoke", "--device", "cuda"])
+    assert err.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
