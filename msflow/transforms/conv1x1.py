@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ class InvConv1x1(InvertibleModule):
             raise ValueError(f"kappa must be positive, got {kappa}")
         self.num_channels = num_channels
         self.lu = lu
+        self._weight_cache: dict[str, tuple[tuple, tuple[Tensor, Tensor]]] = {}
         w = random_rotation(num_channels) if kappa is None else kappa * torch.eye(num_channels)
         if not lu:
             self.weight = nn.Parameter(w)
@@ -63,8 +65,40 @@ class InvConv1x1(InvertibleModule):
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_diag = nn.Parameter(diag.abs().log())
 
+    def _cached(self, kind: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """``compute()``, reused while the weights are unchanged and no gradient is being recorded.
+
+        Evaluation and sampling call the block once per batch with the same weights; assembling
+        ``W`` (and inverting it in float64 for sampling) each time is wasted work, and on a GPU
+        a dozen small kernel launches per block. The key holds the parameters' storage and
+        version counters, which every in-place update (optimizer step, ``load_state_dict``,
+        ``.to()``) changes, so a stale ``W`` is never used. (Writing through ``p.data`` bypasses
+        version counters, as it bypasses autograd: assign parameters with ``p.copy_`` instead.)
+        """
+        params = tuple(self.parameters())
+        if torch.is_grad_enabled() or params[0].is_inference():
+            return compute()  # inference tensors (a model built in inference mode) have no versions
+        key = (kind, *((p.data_ptr(), p._version, p.dtype) for p in params))
+        hit = self._weight_cache.get(kind)
+        if hit is None or hit[0] != key:
+            hit = (key, compute())
+            self._weight_cache[kind] = hit
+        return hit[1]
+
     def weight_and_logabsdet(self) -> tuple[Tensor, Tensor]:
-        """The matrix ``W`` and ``log|det W|``."""
+        """The matrix ``W`` and ``log|det W|`` (cached while no gradient is recorded)."""
+        return self._cached("forward", self._weight_and_logabsdet)
+
+    def inverse_weight_and_logabsdet(self) -> tuple[Tensor, Tensor]:
+        """``W^{-1}`` (inverted in float64) and ``log|det W|`` (cached while no gradient is recorded)."""
+
+        def compute() -> tuple[Tensor, Tensor]:
+            w, logabsdet = self._weight_and_logabsdet()
+            return torch.linalg.inv(w.to(torch.float64)), logabsdet
+
+        return self._cached("inverse", compute)
+
+    def _weight_and_logabsdet(self) -> tuple[Tensor, Tensor]:
         if not self.lu:
             return self.weight, torch.linalg.slogdet(self.weight)[1]
         eye = torch.eye(self.num_channels, dtype=self.lower.dtype, device=self.lower.device)
@@ -82,8 +116,8 @@ class InvConv1x1(InvertibleModule):
         return self._mix(x, w, logabsdet, 1.0)
 
     def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
-        w, logabsdet = self.weight_and_logabsdet()
-        return self._mix(z, torch.linalg.inv(w.to(torch.float64)), logabsdet, -1.0)
+        w_inv, logabsdet = self.inverse_weight_and_logabsdet()
+        return self._mix(z, w_inv, logabsdet, -1.0)
 
 
 class StridedInvConv(InvConv1x1):
@@ -134,8 +168,8 @@ class StridedInvConv(InvConv1x1):
         return z, logdet
 
     def inverse(self, z: Tensor, cond: Any = None) -> tuple[Tensor, Tensor]:
-        w, logabsdet = self.weight_and_logabsdet()
-        x, logdet = self._mix(z, torch.linalg.inv(w.to(torch.float64)), logabsdet, -1.0)
+        w_inv, logabsdet = self.inverse_weight_and_logabsdet()
+        x, logdet = self._mix(z, w_inv, logabsdet, -1.0)
         return F.pixel_shuffle(x, self.k), logdet
 
     def output_shape(self, in_shape: Shape) -> Shape:
