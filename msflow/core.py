@@ -148,8 +148,9 @@ class FlowSequential(InvertibleModule):
 
 
 def _ready_for_recompute(block: nn.Module) -> bool:
-    """False while a data-dependent initialisation (ActNorm) is pending: it must run exactly once."""
-    return all(bool(getattr(m, "initialized", True)) for m in block.modules())
+    """False while a data-dependent initialisation (ActNorm) is pending: it must run exactly once;
+    and for blocks with a module that sets ``recomputable = False`` (a CNF: see there)."""
+    return all(bool(getattr(m, "initialized", True)) and getattr(m, "recomputable", True) for m in block.modules())
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> nn.Module:

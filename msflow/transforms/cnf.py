@@ -181,6 +181,12 @@ class CNF(InvertibleModule):
         (True, [0.0, 0.0, 0.0], True)
     """
 
+    recomputable = False
+    """Gradient checkpointing skips CNF blocks: their forward calls ``torch.autograd.grad`` (the
+    trace) at every function evaluation, and torch's non-reentrant checkpoint answers each call by
+    re-running the block up to it, n (n + 1) / 2 evaluations per solve; with adjoint gradients a
+    solve's memory does not grow with its steps anyway."""
+
     def __init__(
         self,
         field: nn.Module,
