@@ -568,6 +568,51 @@ def _ratios(throughput: dict[str, Any], mem: dict[str, Any], spec: str, peer: st
     }
 
 
+def flops_per_image(c: Contestant, x: Tensor) -> dict[str, float]:
+    """Floating-point operations per image of each phase (``FlopCounterMode``: convolutions and matmuls).
+
+    Training is counted as forward plus backward without the optimizer step, so counting does not
+    change the weights.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for phase in PHASES:
+        with FlopCounterMode(display=False) as counter:
+            if phase == "train":
+                with c.precision():
+                    c.bits_per_dim(x).mean().backward()
+                c.optimizer.zero_grad(set_to_none=True)
+            else:
+                STEPS[phase](c, x)
+        counts[phase] = counter.get_total_flops() / x.shape[0]
+    return counts
+
+
+def reference_conv_gflops(cfg: BenchConfig, repeats: int = 10) -> float:
+    """The device's float32 speed on this workload's largest convolution, in GFLOP/s.
+
+    A 3x3 ``hidden -> hidden`` convolution at the first level's resolution (``side / 2``), batch
+    ``cfg.batch``, channels-last, forward only: the shape that most of a coupling net's work has
+    and the one that runs closest to the float32 limit. It bounds what any float32 Glow of this
+    architecture can reach.
+    """
+    device = torch.device(cfg.device)
+    side = cfg.image_shape[1] // 2
+    conv = nn.Conv2d(cfg.hidden, cfg.hidden, 3, padding=1).to(device, memory_format=torch.channels_last)
+    x = torch.randn(cfg.batch, cfg.hidden, side, side, device=device).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for _ in range(3):
+            conv(x)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            conv(x)
+        _sync(device)
+    seconds = (time.perf_counter() - start) / repeats
+    return 2 * cfg.batch * cfg.hidden * cfg.hidden * 9 * side * side / seconds / 1e9
+
+
 def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dict[str, Any]:
     """Time (and optionally measure the memory of) every contestant on one workload."""
     start = time.perf_counter()
@@ -581,6 +626,8 @@ def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dic
     throughput = time_phases(cfg, contestants, batches)
     for c in contestants:
         models[c.name]["bpd_after_timing"] = throughput[c.name]["eval"]["last_value"]
+        models[c.name]["flops_per_image"] = flops_per_image(c, batches[0])
+    reference = reference_conv_gflops(cfg)
     mem: dict[str, Any] = {}
     if memory and device.type == "cuda":
         mem = {c.name: {p: measure_memory_cuda(cfg, c, p, batches) for p in PHASES} for c in contestants}
@@ -598,6 +645,7 @@ def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dic
         "throughput": throughput,
         "memory": mem,
         "ratios": ratios,
+        "reference_conv_gflops": reference,
         "wall_s": time.perf_counter() - start,
     }
 
@@ -665,7 +713,29 @@ def workload_table(name: str, w: dict[str, Any]) -> list[str]:
                     f"| **{r['throughput']:.2f}** | {r['throughput_paired']:.2f} | {r['cpu_throughput']:.2f} "
                     f"| {mem_cols} |"
                 )
-    return lines
+    return [*lines, "", arithmetic_line(cfg, w)]
+
+
+def arithmetic_line(cfg: dict[str, Any], w: dict[str, Any]) -> str:
+    """FLOPs per image, the speed each contestant reaches in GFLOP/s, and the float32 reference."""
+    flops = {name: m["flops_per_image"] for name, m in w["models"].items() if "flops_per_image" in m}
+    if not flops:
+        return ""
+    per_phase = "; ".join(
+        f"{phase}: "
+        + ", ".join(
+            f"{name} {flops[name][phase] / 1e9:.3f} GFLOP/image at "
+            f"{flops[name][phase] * w['throughput'][name][phase]['median'] / 1e9:.0f} GFLOP/s"
+            for name in flops
+        )
+        for phase in PHASES
+    )
+    side = cfg["image_shape"][1] // 2
+    return (
+        f"Arithmetic (torch FlopCounterMode) and the speed it ran at: {per_phase}. "
+        f"Float32 reference on this device: a 3x3 {cfg['hidden']}->{cfg['hidden']} convolution at {side}x{side}, "
+        f"batch {cfg['batch']}, channels-last, forward: {w['reference_conv_gflops']:.0f} GFLOP/s."
+    )
 
 
 def markdown_table(report: dict[str, Any]) -> str:

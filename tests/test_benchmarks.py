@@ -239,3 +239,16 @@ def test_equal_budget_smoke_trains_each_contestant_and_scores_the_test_set(tmp_p
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         budget.main(["--smoke", "--specs", "glow"])
+
+
+def test_flop_counts_and_the_float32_reference(peers: ModuleType) -> None:
+    cfg = peers.make_config("smoke", "mnist")
+    c = peers.build_contestant("msflow", cfg)
+    x = peers.make_batches(cfg)[0]
+    c.initialize(x)
+    before = [p.detach().clone() for p in c.model.parameters()]
+    flops = peers.flops_per_image(c, x)
+    assert all(torch.equal(a, b) for a, b in zip(before, c.model.parameters(), strict=True))  # no step taken
+    assert flops["eval"] > 0 and 2 < flops["train"] / flops["eval"] < 4  # backward ~ twice the forward
+    assert flops["sample"] == pytest.approx(flops["eval"], rel=0.05)
+    assert peers.reference_conv_gflops(cfg, repeats=2) > 0
