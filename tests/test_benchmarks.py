@@ -6,7 +6,6 @@ Speed ratios are never asserted: they depend on the machine and its load.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import sys
@@ -16,33 +15,20 @@ from types import ModuleType
 
 import pytest
 import torch
+from bench_scripts import BENCHMARKS, load_script
 from torch import Tensor
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_script(name: str) -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file itself, with its folder on
-    # sys.path as when it runs as a script (for the shared benchmarks/_memory.py).
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"msflow_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def peers() -> ModuleType:
     pytest.importorskip("normflows")
     pytest.importorskip("FrEIA")
-    return _load_script("peers")
+    return load_script("peers")
 
 
 @pytest.fixture(scope="module")
 def checkpointing() -> ModuleType:
-    return _load_script("checkpointing")
+    return load_script("checkpointing")
 
 
 @pytest.fixture(autouse=True)
@@ -225,7 +211,7 @@ def test_stability_smoke_trains_both_models_and_reports(tmp_path: Path) -> None:
 def test_equal_budget_smoke_trains_each_contestant_and_scores_the_test_set(tmp_path: Path) -> None:
     pytest.importorskip("normflows")
     pytest.importorskip("FrEIA")
-    budget = _load_script("equal_budget")
+    budget = load_script("equal_budget")
     out, plot = tmp_path / "budget.json", tmp_path / "budget.png"
     specs = ["msflow[float32]", "freia"]
     assert budget.main(["--smoke", "--specs", *specs, "--json", str(out), "--plot", str(plot)]) == 0

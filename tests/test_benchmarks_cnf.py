@@ -7,31 +7,20 @@ Speed ratios are never asserted: they depend on the machine and its load.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file itself, with its folder on
-    # sys.path as when it runs as a script (for the shared benchmarks/_memory.py).
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("msflow_bench_cnf_peers", BENCHMARKS / "cnf_peers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cnf_peers")
 
 
 @pytest.fixture(autouse=True)

@@ -5,36 +5,21 @@ Times are never compared: they depend on the machine and its load.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from bench_scripts import load_script
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_script(name: str) -> ModuleType:
-    # benchmarks/ is a folder of scripts, not a package: load the file itself, with its folder on
-    # sys.path as when it runs as a script (for the shared benchmarks/_memory.py).
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(f"msflow_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def scaling() -> ModuleType:
-    return _load_script("scaling")
+    return load_script("scaling")
 
 
 @pytest.fixture(autouse=True)
