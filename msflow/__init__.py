@@ -8,8 +8,12 @@ Example:
     torch.Size([4])
 """
 
+from msflow._allocator import tune_cpu_allocator
 from msflow.models import MARSCF, MultiResolutionFlow, MultiScaleFlow, create_model, list_models
 from msflow.train.run import load
 
 __version__ = "0.1.0"
+
+# Reuse freed CPU tensor memory instead of page-faulting fresh memory every batch (see _allocator).
+tune_cpu_allocator()
 __all__ = ["MARSCF", "MultiResolutionFlow", "MultiScaleFlow", "__version__", "create_model", "list_models", "load"]
