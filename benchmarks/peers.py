@@ -221,12 +221,24 @@ def _quantize(v: Tensor) -> Tensor:
 
 
 def build_msflow(cfg: BenchConfig, precision: str = "float32") -> Contestant:
-    """msflow's Glow preset: squeeze -> steps x [ActNorm, LU 1x1, affine coupling] -> split prior."""
+    """msflow's Glow: squeeze -> steps x [ActNorm, LU 1x1, affine coupling] -> split prior.
+
+    The split priors are channel-wise (a learned mean and scale per channel, as normflows'
+    ``GlowBase``), not Glow's conditional ones: neither peer predicts a factored-out half from the
+    kept half, so this is the same architecture as theirs.
+    """
     from msflow.models.glow import glow
     from msflow.nn import subnet_precision
 
     torch.manual_seed(cfg.seed)
-    model = glow(cfg.image_shape, levels=cfg.levels, steps=cfg.steps, hidden=cfg.hidden, preprocess="center")
+    model = glow(
+        cfg.image_shape,
+        levels=cfg.levels,
+        steps=cfg.steps,
+        hidden=cfg.hidden,
+        preprocess="center",
+        split_prior="channelwise",
+    )
     model.to(cfg.device)
     name = "msflow" if precision == "float32" else f"msflow[{precision}]"
     return Contestant(
@@ -769,10 +781,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"interleaved repeats, {any_cfg['warmup']} warm-up step(s) excluded. Paired ratio: median over repeats of "
         "the ratio within a repeat (all ran back to back). "
         f"{memory}; median of {any_cfg['memory_repeats']} measurement(s); memory ratio < 1: msflow uses less. "
-        f"{cpu_time}. bf16 rows: msflow's coupling nets and split priors under bf16 autocast, against the "
+        f"{cpu_time}. bf16 rows: msflow's coupling nets under bf16 autocast, against the "
         "peers in fp32 (they have no such switch). Architecture differences (benchmarks/README.md): msflow's "
-        "split priors are learned Gaussians conditioned on the kept half by a zero-init 3x3 conv (normflows': "
-        "unconditional per-channel; FrEIA's latents: N(0, I), no prior parameters); normflows' coupling nets "
+        "and normflows' split priors are learned per-channel Gaussians (msflow's `split_prior=\"channelwise\"`; "
+        "FrEIA's latents: N(0, I), no prior parameters); normflows' coupling nets "
         "use LeakyReLU(0) (ReLU's function, but its backward keeps the pre-activation) and it returns log q with "
         "every sample; FrEIA's 1x1 convs are fixed random rotations (Fixed1x1Conv: FrEIA 0.2 has no learned "
         "one), its squeeze is a strided 0/1 convolution (IRevNetDownsampling) and its graph runs node by node "

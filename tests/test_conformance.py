@@ -138,6 +138,12 @@ CASES = [
     Case("squeeze", lambda: Squeeze()),
     Case("split-prior-top", lambda: GaussianSplitPrior(4, keep=0)),
     Case("split-prior-keep2", lambda: GaussianSplitPrior(4, keep=2)),
+    Case("split-prior-keep2-channelwise", lambda: GaussianSplitPrior(4, keep=2, from_kept=False)),
+    Case(
+        "split-prior-keep2-channelwise-cond",
+        lambda: GaussianSplitPrior(4, keep=2, cond_channels=COND_CHANNELS, from_kept=False),
+        cond_channels=COND_CHANNELS,
+    ),
     Case(
         "split-prior-keep2-cond",
         lambda: GaussianSplitPrior(4, keep=2, cond_channels=COND_CHANNELS),

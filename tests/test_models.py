@@ -169,6 +169,7 @@ MODEL_JACOBIAN_CASES = {
         (1, 8, 8), levels=2, steps=1, hidden=4, coupling="additive", lu=False, preprocess="logit", alpha=0.05
     ),
     "glow-tanh-2x4x4": lambda: glow((2, 4, 4), levels=2, steps=2, hidden=4, scale="tanh"),
+    "glow-channelwise-prior": lambda: glow((1, 8, 8), levels=2, steps=1, hidden=4, split_prior="channelwise"),
     "realnvp-logit": lambda: realnvp((1, 8, 8), levels=2, steps=2, hidden=4),
 }
 
@@ -200,6 +201,31 @@ def test_model_logdet_is_slogdet_of_jacobian(
         eps = torch.cat([z[i].reshape(-1) for z in zs])
         exact = -0.5 * (eps * eps).sum() - 0.5 * eps.numel() * math.log(2 * math.pi) + logabsdet
         torch.testing.assert_close(log_p[i], exact, atol=1e-8, rtol=0)
+
+
+def test_channelwise_split_prior_ignores_the_kept_half() -> None:
+    """``split_prior="channelwise"``: a factored-out half's density does not depend on the kept half."""
+    torch.manual_seed(0)
+    model = glow((1, 8, 8), levels=2, steps=1, hidden=4, split_prior="channelwise")
+    prior = model.levels[0][-1]
+    assert prior.net is None and prior.keep == 2
+    with torch.no_grad():
+        prior.loc.normal_()
+        prior.log_sigma.normal_(std=0.3)
+    x = torch.randn(3, 4, 4, 4)
+    changed = x.clone()
+    changed[:, :2] += 5.0  # the kept half
+    z, ld = prior(x)
+    z2, ld2 = prior(changed)
+    torch.testing.assert_close(z[:, 2:], z2[:, 2:])
+    torch.testing.assert_close(ld, ld2)
+    conditional = glow((1, 8, 8), levels=2, steps=1, hidden=4)
+    assert sum(p.numel() for p in conditional.parameters()) > sum(p.numel() for p in model.parameters())
+
+
+def test_unknown_split_prior_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="channelwise"):
+        glow((1, 8, 8), levels=2, steps=1, hidden=4, split_prior="learned")
 
 
 # ---------------------------------------------------------------- errors and the registry

@@ -60,10 +60,13 @@ def glow(
     lu: bool = True,
     preprocess: str = "center",
     alpha: float = 0.05,
+    split_prior: str = "conditional",
 ) -> MultiScaleFlow:
     """A Glow model for ``image_shape``; arguments as in :func:`glow_step` and :func:`build_multiscale`."""
     step = glow_step(hidden, coupling, scale, lu)
-    return build_multiscale(tuple(image_shape), levels, steps, step, make_preprocess(preprocess, alpha))
+    return build_multiscale(
+        tuple(image_shape), levels, steps, step, make_preprocess(preprocess, alpha), split_prior=split_prior
+    )
 
 
 def realnvp(

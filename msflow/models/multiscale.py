@@ -183,6 +183,10 @@ def make_preprocess(name: str, alpha: float = 0.05) -> InvertibleModule:
     return PREPROCESSORS[name](alpha) if name == "logit" else PREPROCESSORS[name]()
 
 
+SPLIT_PRIORS = {"conditional": True, "channelwise": False}
+"""Split-prior kinds: whether a level's factored-out half is predicted from its kept half."""
+
+
 def build_multiscale(
     image_shape: Shape,
     num_levels: int,
@@ -192,6 +196,7 @@ def build_multiscale(
     n_bits: int = 8,
     cond_channels: Sequence[int] | None = None,
     cond_encoder: nn.Module | None = None,
+    split_prior: str = "conditional",
 ) -> MultiScaleFlow:
     """Assemble levels of ``Squeeze -> steps_per_level x step -> GaussianSplitPrior``.
 
@@ -206,8 +211,10 @@ def build_multiscale(
         n_bits: bits per sub-pixel.
         cond_channels: channels of the condition features at each level (default none).
         cond_encoder: network producing those features from a raw condition.
+        split_prior: ``"conditional"`` (Glow: each factored-out half's mean and scale come from
+            the kept half) or ``"channelwise"`` (one learned mean and scale per channel).
     """
-    levels, keep = multiscale_levels(image_shape, num_levels, steps_per_level, step, cond_channels)
+    levels, keep = multiscale_levels(image_shape, num_levels, steps_per_level, step, cond_channels, split_prior)
     return MultiScaleFlow(image_shape, levels, keep, preprocess, n_bits, cond_encoder)
 
 
@@ -217,8 +224,11 @@ def multiscale_levels(
     steps_per_level: int,
     step: StepFactory,
     cond_channels: Sequence[int] | None = None,
+    split_prior: str = "conditional",
 ) -> tuple[list[FlowSequential], list[int]]:
     """The levels and ``keep`` counts of :func:`build_multiscale`, for containers that extend it."""
+    if split_prior not in SPLIT_PRIORS:
+        raise ValueError(f"unknown split prior {split_prior!r}; choose one of {sorted(SPLIT_PRIORS)}")
     if num_levels < 1 or steps_per_level < 1:
         raise ValueError(f"need at least one level and one step, got {num_levels} levels, {steps_per_level} steps")
     check_squeezable(tuple(image_shape), num_levels)
@@ -232,7 +242,9 @@ def multiscale_levels(
         blocks: list[InvertibleModule] = [Squeeze()]
         for _ in range(steps_per_level):
             blocks.extend(step(channels, cond_channels[i]))
-        blocks.append(GaussianSplitPrior(channels, keep=kept, cond_channels=cond_channels[i]))
+        blocks.append(
+            GaussianSplitPrior(channels, keep=kept, cond_channels=cond_channels[i], from_kept=SPLIT_PRIORS[split_prior])
+        )
         levels.append(FlowSequential(*blocks))
         keep.append(kept)
         channels = kept

@@ -24,13 +24,15 @@ class GaussianSplitPrior(InvertibleModule):
 
     so ``log N(z; mu, sigma) = log N(eps; 0, I) + logdet`` and the base distribution is always
     N(0, I): temperature only scales ``eps``. With ``keep=0`` and no condition it is the learned
-    top prior of Glow (a mean and scale per channel).
+    top prior of Glow (a mean and scale per channel); ``from_kept=False`` gives every level that
+    channel-wise prior (the kept half is then not used as context), as normflows' Glow does.
 
     Args:
         num_channels: channels of the input.
         keep: channels passed through and used as context (0 at the top level).
         cond_channels: channels of the level's condition features (0 when unconditional).
         kernel_size: kernel of the zero-initialised convolution that predicts ``mu, log sigma``.
+        from_kept: predict ``mu, log sigma`` from the kept channels (Glow's split prior).
 
     Example:
         >>> import torch
@@ -41,25 +43,29 @@ class GaussianSplitPrior(InvertibleModule):
         (True, True)
     """
 
-    def __init__(self, num_channels: int, keep: int, cond_channels: int = 0, kernel_size: int = 3) -> None:
+    def __init__(
+        self, num_channels: int, keep: int, cond_channels: int = 0, kernel_size: int = 3, from_kept: bool = True
+    ) -> None:
         super().__init__()
         if not 0 <= keep < num_channels:
             raise ValueError(f"keep must be in [0, {num_channels}), got {keep}")
         self.keep = keep
         self.cond_channels = cond_channels
+        self.from_kept = from_kept
         factored = num_channels - keep
         self.loc = nn.Parameter(torch.zeros(1, factored, 1, 1))
         self.log_sigma = nn.Parameter(torch.zeros(1, factored, 1, 1))
-        context = keep + cond_channels
+        context = keep * from_kept + cond_channels
         self.net = ZeroConv2d(context, 2 * factored, kernel_size) if context else None
 
     def _mean_log_sigma(self, h: Tensor, cond: Any) -> tuple[Tensor, Tensor]:
         loc, log_sigma = self.loc.to(h.dtype), self.log_sigma.to(h.dtype)
         if self.net is None:
             return loc, log_sigma
-        inp = h
+        parts = [h] if self.from_kept else []
         if self.cond_channels:
-            inp = torch.cat([h, require_cond(self, cond).to(h.dtype)], dim=1)
+            parts.append(require_cond(self, cond).to(h.dtype))
+        inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         out = run_subnet(self.net, inp)
         return loc + out[:, 0::2], log_sigma + out[:, 1::2]
 
