@@ -4,10 +4,13 @@
 memory the previous one freed instead of faulting fresh, zero-filled pages in from the kernel.
 The setting is process-wide, so the peers in the same process get it too. This script runs the
 Glows of ``peers.py`` in two fresh processes, ``MSFLOW_TUNE_MALLOC=0`` and ``=1``, and reports
-per batch the minor page faults (``getrusage``) and the median time of each phase::
+per batch the minor page faults (``getrusage``) and the median time of each phase. With
+``--rounds N`` the two kinds of process alternate N times and each figure is the median over
+the rounds (a process-to-process drift in machine speed then hits both alike)::
 
     python benchmarks/allocator.py                       # patches32 workload, eval/sample/train
     python benchmarks/allocator.py --workload mnist --json out.json
+    python benchmarks/allocator.py --rounds 3            # untuned, tuned, untuned, ...
     python benchmarks/allocator.py --smoke               # tiny models (tests)
 
 The faults are exact counts; the times are as noisy as the machine.
@@ -80,7 +83,8 @@ def run_worker(tuned: bool, args: argparse.Namespace) -> dict[str, Any]:
 def markdown_table(report: dict[str, Any]) -> str:
     plain, tuned = report["untuned"], report["tuned"]
     lines = [
-        f"{report['workload']} ({report['preset']}), {report['batches']} batches per phase after 3 warm-up; "
+        f"{report['workload']} ({report['preset']}), {report['batches']} batches per phase after 3 warm-up, "
+        f"median of {report['rounds']} process(es) per mode; "
         f"{report['environment']['cpu']}, torch {report['environment']['torch']}",
         "",
         "| library / phase | page faults per batch: untuned | tuned | ms per batch: untuned | tuned | speed-up |",
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specs", nargs="+", default=list(SPECS))
     p.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     p.add_argument("--batches", type=int, default=8, help="timed batches per phase")
+    p.add_argument("--rounds", type=int, default=1, help="alternating untuned/tuned process pairs")
     p.add_argument("--json", type=Path)
     p.add_argument("--preset", default="full", help=argparse.SUPPRESS)
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
@@ -116,9 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "batches": args.batches,
         "environment": peers.environment("cpu"),
-        "untuned": run_worker(False, args),
-        "tuned": run_worker(True, args),
+        "rounds": args.rounds,
     }
+    runs: dict[str, list[dict[str, Any]]] = {"untuned": [], "tuned": []}
+    for _ in range(args.rounds):
+        for mode in runs:
+            runs[mode].append(run_worker(mode == "tuned", args))
+    for mode, results in runs.items():
+        report[mode] = {
+            key: {field: statistics.median(r[key][field] for r in results) for field in results[0][key]}
+            for key in results[0]
+        }
     print(markdown_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

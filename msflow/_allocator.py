@@ -3,9 +3,10 @@
 PyTorch allocates CPU tensors with the C library's ``malloc``. glibc hands large blocks back to
 the kernel when they are freed (``munmap``, or trimming the top of the heap), so a flow whose
 activations are a few MiB each gets *fresh* pages on every batch: each 4 KiB page costs a page
-fault and a zero-fill before the first write. Measured on this project's 2-core VM, msflow's
-Glow evaluation (3x32x32, batch 64) took about 24,000 minor page faults per batch, which is
-about 96 MiB of memory zeroed by the kernel for nothing.
+fault and a zero-fill before the first write. On this project's 2-core VM
+(``python benchmarks/allocator.py --rounds 3 --phases eval train``), msflow's Glow evaluation
+(3x32x32, batch 64) took 7,336 minor page faults per batch (29 MiB zeroed by the kernel for
+nothing) and normflows' training step 68,808; tuned, 25 and 256.
 
 :func:`tune_cpu_allocator` raises glibc's trim threshold and fixes its mmap threshold at the
 largest value glibc accepts (32 MiB), so freed blocks are reused by the next batch. It is
