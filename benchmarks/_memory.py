@@ -126,11 +126,13 @@ def worker_command(script: str, *args: str) -> list[str]:
     return [sys.executable, os.path.abspath(script), *args]
 
 
-def run_worker(cmd: list[str], what: str) -> dict[str, Any]:
-    """Run a worker command and return the JSON object it printed on its last stdout line."""
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+def run_worker(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a worker command (with ``env`` added to the environment) and return the JSON object it
+    printed on its last stdout line."""
+    full_env = {**os.environ, **env} if env else None
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=full_env)
     if out.returncode != 0:
-        raise RuntimeError(f"memory worker {what} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"worker {what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

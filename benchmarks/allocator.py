@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402  (a sibling script, not a package)
+import _memory  # noqa: E402  (sibling scripts, not a package)
+import peers  # noqa: E402
 
 SPECS = ("msflow", "normflows", "freia")
 PHASES = ("eval", "sample", "train")
@@ -71,13 +70,9 @@ def measure(workload: str, preset: str, specs: list[str], phases: list[str], bat
 
 def run_worker(tuned: bool, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`measure` in a fresh interpreter with the tuning switched on or off."""
-    env = {**os.environ, "MSFLOW_TUNE_MALLOC": "1" if tuned else "0"}
     cmd = [sys.executable, __file__, "--_worker", "--workload", args.workload, "--preset", args.preset]
     cmd += ["--specs", *args.specs, "--phases", *args.phases, "--batches", str(args.batches)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker (tuned={tuned}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _memory.run_worker(cmd, f"(tuned={tuned})", env={"MSFLOW_TUNE_MALLOC": "1" if tuned else "0"})
 
 
 def markdown_table(report: dict[str, Any]) -> str:

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402  (a sibling script, not a package)
+import _memory  # noqa: E402  (sibling scripts, not a package)
+import peers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPECS = ("msflow", "normflows", "freia")
@@ -142,11 +142,7 @@ def train_one(cfg: BudgetConfig, spec: str) -> dict[str, Any]:
 def run_worker(cfg: BudgetConfig, spec: str) -> dict[str, Any]:
     """:func:`train_one` in a fresh interpreter, so no contestant inherits another's caches."""
     cmd = [sys.executable, __file__, "--_worker", spec, "--_config", json.dumps(dataclasses.asdict(cfg))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{spec} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _memory.run_worker(cmd, spec, env={"OMP_NUM_THREADS": str(cfg.threads)})
 
 
 def markdown_table(report: dict[str, Any]) -> str:
