@@ -10,9 +10,9 @@ nothing) and normflows' training step 68,808; tuned, 25 and 256.
 
 :func:`tune_cpu_allocator` raises glibc's trim threshold and fixes its mmap threshold at the
 largest value glibc accepts (32 MiB), so freed blocks are reused by the next batch. It is
-process-wide (every library in the process shares ``malloc``), costs nothing on other C
-libraries (it does nothing there), and keeps the *peak* resident memory unchanged: only memory
-that was already in use at the peak is kept. ``import msflow`` calls it once; set
+process-wide (every library in the process shares ``malloc``) and does nothing on other C
+libraries. The cost: freed memory stays resident (up to the trim threshold) until the process
+reuses it. ``import msflow`` calls it once; set
 ``MSFLOW_TUNE_MALLOC=0`` to opt out.
 
 Example:
