@@ -149,6 +149,10 @@ class NetworkWork:
             with torch.inference_mode(), self._autocast():
                 self.net(self.x)
             return
+        # Fresh gradients every call, as after the flow's ``zero_grad(set_to_none=True)``.
+        self.x.grad = None
+        for p in self.net.parameters():
+            p.grad = None
         with self._autocast():
             out = self.net(self.x)
         out = out.float()
