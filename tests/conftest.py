@@ -8,7 +8,7 @@ float64 inputs; the global default dtype is never changed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -19,6 +19,14 @@ from torch import Tensor, nn
 # spinning barriers made small-tensor tests 10-30x slower with two threads per process.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count() -> Iterator[None]:
+    """Give torch's thread count back after each test (the benchmark scripts set it process-wide)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -29,14 +28,6 @@ def peers() -> ModuleType:
 @pytest.fixture(scope="module")
 def checkpointing() -> ModuleType:
     return load_script("checkpointing")
-
-
-@pytest.fixture(autouse=True)
-def _keep_thread_count() -> Iterator[None]:
-    # The benchmark sets torch's thread count for the whole process; give it back to the suite.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_report_has_every_workload_contestant_and_peer_ratio(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,14 +20,6 @@ from bench_scripts import load_script
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
     return load_script("cnf_peers")
-
-
-@pytest.fixture(autouse=True)
-def _keep_thread_count() -> Iterator[None]:
-    # The benchmark sets torch's thread count for the whole process; give it back to the suite.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_smoke_report_has_both_contestants_every_phase_and_nfe(bench: ModuleType, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -22,13 +21,6 @@ def bounds() -> ModuleType:
     pytest.importorskip("normflows")
     pytest.importorskip("FrEIA")
     return load_script("kernel_bounds")
-
-
-@pytest.fixture(autouse=True)
-def _keep_thread_count() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_coupling_networks_are_every_step_with_its_input_shape(bounds: ModuleType) -> None:

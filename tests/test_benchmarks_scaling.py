@@ -6,7 +6,6 @@ Times are never compared: they depend on the machine and its load.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -20,14 +19,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def scaling() -> ModuleType:
     return load_script("scaling")
-
-
-@pytest.fixture(autouse=True)
-def _keep_thread_count() -> Iterator[None]:
-    # The benchmark sets torch's thread count for the whole process; give it back to the suite.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
