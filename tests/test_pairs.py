@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from msflow.data import PairedDataset, get_dataset, list_datasets
 from msflow.data.dataset import downsample_images
 from msflow.data.drive import load_drive
-from msflow.data.pairs import downscale_bicubic, photo_pairs, strided_crops
-from msflow.data.photos import PHOTO_SPLIT, bundled_photos
+from msflow.data.pairs import downscale_bicubic, photo_crops, photo_pairs, strided_crops
+from msflow.data.photos import PHOTO_SPLIT, PHOTOGRAPHS, bundled_photos
 from msflow.data.segmentation import load_shape_segmentation
 from msflow.errors import DataError
 
@@ -128,10 +128,10 @@ def sr2() -> dict[str, PairedDataset]:
 
 def test_photos_sr_shapes_and_conditions(sr2):
     train, test = sr2["train"], sr2["test"]
-    assert (len(train), len(test)) == (16554, 1118) and train.name == "photos-sr2"
+    assert (len(train), len(test)) == (5752, 862) and train.name == "photos-sr2"
     assert train.image_shape == (3, 32, 32) and train.cond_shape == (3, 16, 16)
     assert train.task == "superres" and train.scale == 2 and train.n_bits == 8
-    assert torch.equal(test.images, get_dataset("patches32", "test").images)
+    assert torch.equal(test.images, photo_crops("test", 32))
     assert torch.equal(test.conds, downscale_bicubic(test.images, 2))
     assert torch.equal(train.conds[:500], downscale_bicubic(train.images[:500], 2))
     sr4 = get_dataset("photos-sr4", "test")
@@ -141,7 +141,7 @@ def test_photos_sr_shapes_and_conditions(sr2):
 def test_photos_sr_split_is_by_photo(sr2):
     train_crops = {bytes(c) for c in sr2["train"].images.reshape(len(sr2["train"]), -1).numpy()}
     assert not any(bytes(c) in train_crops for c in sr2["test"].images.reshape(len(sr2["test"]), -1).numpy())
-    first = next(n for n in PHOTO_SPLIT if PHOTO_SPLIT[n] == "train")
+    first = next(n for n in PHOTOGRAPHS if PHOTO_SPLIT[n] == "train")
     photo = bundled_photos()[first]
     assert np.array_equal(sr2["train"].images[1].numpy(), photo[:32, 16:48].transpose(2, 0, 1))  # stride 16
 
@@ -155,7 +155,9 @@ def test_resizing_super_resolution_pairs_is_refused(option):
 def test_photo_pairs():
     pairs = photo_pairs("test", 4)
     colour = bundled_photos()
-    assert list(pairs) == [n for n in colour if PHOTO_SPLIT[n] == "test"]
+    assert (
+        list(pairs) == [n for n in PHOTOGRAPHS if PHOTO_SPLIT[n] == "test"] == ["chelsea", "coffee", "rocket", "china"]
+    )
     hr, lr = pairs["chelsea"]
     assert hr.shape == (1, 3, 300, 448) and lr.shape == (1, 3, 75, 112)
     assert np.array_equal(hr[0].permute(1, 2, 0).numpy(), colour["chelsea"][:300, :448])

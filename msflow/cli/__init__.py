@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -45,6 +46,15 @@ def _split_dashed_overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _one_line_warnings(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints ``msflow COMMAND: warning: ...`` on one line, without source."""
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        print(f"msflow {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``msflow`` console script; returns the exit code."""
     parser = build_parser()
@@ -60,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each warning once per command, even in a long-lived process
+            warnings.showwarning = _one_line_warnings(args.command)
+            func(args)
     except MsflowError as err:
         print(f"msflow {args.command}: error: {err}", file=sys.stderr)
         return 2

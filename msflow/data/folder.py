@@ -1,4 +1,6 @@
-"""A folder of image files (PNG, JPEG, BMP, WEBP), read with Pillow.
+"""A folder of image files of one size (PNG, JPEG, BMP, WEBP, TIFF), read with Pillow.
+
+Photos of any size, streamed as random crops, are :mod:`msflow.data.sources`.
 
 Layout rules, in order:
 
@@ -42,7 +44,7 @@ from msflow.data._root import require_root
 from msflow.data.dataset import ImageDataset
 from msflow.errors import DataError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 
 _GREY_MODES = frozenset({"1", "L", "LA", "La"})
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})

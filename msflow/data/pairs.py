@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from msflow.data.dataset import ImageDataset, downsample_images, pad_images
-from msflow.data.photos import PHOTO_SPLIT, bundled_photos
+from msflow.data.photos import PHOTO_SPLIT, PHOTOGRAPHS, bundled_photos
 from msflow.errors import DataError
 
 # task -> bits per target pixel when not given: 8-bit photos, or binary (0/1) masks.
@@ -207,12 +207,13 @@ def strided_crops(photo: np.ndarray, size: int, stride: int) -> np.ndarray:
 
 
 def photo_crops(split: str, size: int, per_photo: Callable[[np.ndarray], np.ndarray] | None = None) -> torch.Tensor:
-    """``size x size`` crops of the bundled colour photos of one split, as ``uint8`` ``(N, C, size, size)``.
+    """``size x size`` crops of the bundled colour photographs of one split, as ``uint8`` ``(N, C, size, size)``.
 
-    Split by source photo as :data:`~msflow.data.photos.PHOTO_SPLIT`. Train crops overlap
-    (stride ``size // 2``, about four times the data); test crops do not (stride ``size``), so
-    with ``size=32`` the test crops are exactly the ``patches32`` test images: 16554 train and
-    1118 test crops of 3 channels. Crops are in photo order, then row-major within a photo.
+    The photographs are :data:`~msflow.data.photos.PHOTOGRAPHS`, split by source photo as
+    :data:`~msflow.data.photos.PHOTO_SPLIT`. Train crops overlap (stride ``size // 2``, about
+    four times the data); test crops do not (stride ``size``). With ``size=32``: 5752 train and
+    862 test crops of 3 channels. Crops are in photo order, then row-major within a photo.
+    (Training through ``msflow train`` draws random crops instead: :mod:`msflow.data.stream`.)
 
     Args:
         split: ``"train"`` or ``"test"``.
@@ -227,17 +228,17 @@ def photo_crops(split: str, size: int, per_photo: Callable[[np.ndarray], np.ndar
     Example:
         >>> crops = photo_crops("test", 32)
         >>> tuple(crops.shape), crops.dtype
-        ((1118, 3, 32, 32), torch.uint8)
+        ((862, 3, 32, 32), torch.uint8)
         >>> tuple(photo_crops("test", 32, per_photo=lambda p: p[:, :, :1]).shape)
-        (1118, 1, 32, 32)
+        (862, 1, 32, 32)
     """
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r} of the bundled photos: use 'train' or 'test'")
     stride = size // 2 if split == "train" else size
     photos = bundled_photos(grey=False)
     crops = [
-        strided_crops(p if per_photo is None else per_photo(p), size, stride)
-        for n, p in photos.items()
+        strided_crops(photos[n] if per_photo is None else per_photo(photos[n]), size, stride)
+        for n in PHOTOGRAPHS
         if PHOTO_SPLIT[n] == split
     ]
     return torch.from_numpy(np.concatenate(crops))
@@ -247,14 +248,13 @@ def load_sr_pairs(split: str, factor: int, size: int = 32) -> PairedDataset:
     """Super-resolution pairs from the bundled colour photos: ``size x size`` RGB crops and their ``1/factor`` versions.
 
     Targets are :func:`photo_crops` (split by source photo; train crops overlap by half, test
-    crops do not, so with ``size=32`` the test targets are exactly the ``patches32`` test
-    images). Conditions are :func:`downscale_bicubic` of the targets. With ``size=32``: 16554
-    train and 1118 test pairs.
+    crops do not). Conditions are :func:`downscale_bicubic` of the targets. With ``size=32``:
+    5752 train and 862 test pairs.
 
     Example:
         >>> ds = load_sr_pairs("test", 4)
         >>> len(ds), ds.image_shape, ds.cond_shape, ds.name
-        (1118, (3, 32, 32), (3, 8, 8), 'photos-sr4')
+        (862, (3, 32, 32), (3, 8, 8), 'photos-sr4')
     """
     if size % factor:
         raise DataError(f"crops of {size}x{size} cannot be downscaled by {factor}: choose a size divisible by it")
@@ -274,8 +274,10 @@ def photo_pairs(split: str, factor: int) -> dict[str, tuple[torch.Tensor, torch.
         ((1, 3, 300, 448), (1, 3, 75, 112))
     """
     pairs = {}
-    for name, photo in bundled_photos(grey=False).items():
+    photos = bundled_photos(grey=False)
+    for name in PHOTOGRAPHS:
         if PHOTO_SPLIT[name] == split:
+            photo = photos[name]
             h, w = (side - side % factor for side in photo.shape[:2])
             hr = torch.from_numpy(np.ascontiguousarray(photo[:h, :w].transpose(2, 0, 1)))[None]
             pairs[name] = (hr, downscale_bicubic(hr, factor))

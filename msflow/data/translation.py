@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.feature import canny
 
 from msflow.data.pairs import PairedDataset, photo_crops
 from msflow.errors import DataError, ShapeError
@@ -136,6 +135,10 @@ def sketch_edges(images: torch.Tensor) -> torch.Tensor:
         (20, [0, 0, 0, 255, 0, 0, 0, 0, 255, 0, 0, 0])
     """
     _check_images(images, "sketch_edges", (1, 3))
+    try:
+        from skimage.feature import canny  # an optional dependency: only sketch pairs need it
+    except ImportError:
+        raise DataError("sketch edge maps need scikit-image: pip install 'msflow[data]'") from None
     luma = to_grey(images) if images.shape[1] == 3 else images
     planes = luma[:, 0].numpy().astype(np.float64) / 255.0
     edges = np.stack([canny(plane, sigma=SKETCH_SIGMA) for plane in planes])
@@ -151,13 +154,13 @@ def _photo_edges(photo: np.ndarray) -> np.ndarray:
 def load_colorize_pairs(split: str, size: int = 32) -> PairedDataset:
     """Colorization pairs: ``size x size`` RGB photo crops given their greyscale (:func:`to_grey`) versions.
 
-    Targets are :func:`~msflow.data.pairs.photo_crops` (with ``size=32``: 16554 train and 1118
+    Targets are :func:`~msflow.data.pairs.photo_crops` (with ``size=32``: 5752 train and 862
     test crops); conditions are ``(N, 1, size, size)``.
 
     Example:
         >>> ds = load_colorize_pairs("test")
         >>> len(ds), ds.image_shape, ds.cond_shape, ds.name, ds.task
-        (1118, (3, 32, 32), (1, 32, 32), 'photos-colorize', 'colorize')
+        (862, (3, 32, 32), (1, 32, 32), 'photos-colorize', 'colorize')
     """
     targets = photo_crops(split, size)
     return PairedDataset(targets, to_grey(targets), task="colorize", name="photos-colorize")
@@ -166,14 +169,14 @@ def load_colorize_pairs(split: str, size: int = 32) -> PairedDataset:
 def load_inpaint_pairs(split: str, size: int = 32) -> PairedDataset:
     """Inpainting pairs: ``size x size`` RGB photo crops given themselves with the :func:`central_mask` zeroed.
 
-    Targets are :func:`~msflow.data.pairs.photo_crops` (with ``size=32``: 16554 train and 1118
+    Targets are :func:`~msflow.data.pairs.photo_crops` (with ``size=32``: 5752 train and 862
     test crops); conditions are ``(N, 3, size, size)`` with the central 25% set to 0.
 
     Example:
         >>> ds = load_inpaint_pairs("test")
         >>> target, cond = ds[0]
         >>> len(ds), ds.cond_shape, ds.name, int(cond[:, 8:24, 8:24].sum())
-        (1118, (3, 32, 32), 'photos-inpaint', 0)
+        (862, (3, 32, 32), 'photos-inpaint', 0)
     """
     targets = photo_crops(split, size)
     return PairedDataset(targets, apply_mask(targets, central_mask(size, size)), task="inpaint", name="photos-inpaint")
@@ -182,7 +185,7 @@ def load_inpaint_pairs(split: str, size: int = 32) -> PairedDataset:
 def load_sketch_pairs(split: str, size: int = 32) -> PairedDataset:
     """Sketch-to-image pairs: ``size x size`` RGB photo crops given their binary (0/255) edge maps.
 
-    Targets are :func:`~msflow.data.pairs.photo_crops` (with ``size=32``: 16554 train and 1118
+    Targets are :func:`~msflow.data.pairs.photo_crops` (with ``size=32``: 5752 train and 862
     test crops). The edges are :func:`sketch_edges` of each whole photo, cropped at the targets'
     positions, so edges run through the crop borders as they do in the photo; conditions are
     ``(N, 1, size, size)``.
@@ -190,7 +193,7 @@ def load_sketch_pairs(split: str, size: int = 32) -> PairedDataset:
     Example:
         >>> ds = load_sketch_pairs("test")
         >>> len(ds), ds.cond_shape, ds.name, sorted(ds.conds.unique().tolist())
-        (1118, (1, 32, 32), 'photos-sketch', [0, 255])
+        (862, (1, 32, 32), 'photos-sketch', [0, 255])
     """
     targets = photo_crops(split, size)
     edges = photo_crops(split, size, per_photo=_photo_edges)

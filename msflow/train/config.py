@@ -20,17 +20,37 @@ from typing import Any
 
 import yaml
 
+from msflow.data.recipes import HOLES, RECIPES
 from msflow.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset to train and test on (see ``msflow list``)."""
+    """Which dataset to train and test on (see ``msflow list``), and for image-to-image tasks, how.
+
+    ``name`` is a dataset, or with ``task`` set, an image source: ``photos`` (the bundled colour
+    photographs) or ``folder`` (your photos of any size under ``root``). ``task`` is a recipe of
+    :mod:`msflow.data.recipes` (``sr2``, ``sr4``, ``colorize``, ``inpaint``, ``sketch``,
+    ``segment``) that turns each random ``crop x crop`` crop (default 32) into a (target,
+    condition) pair; the model is built for targets of that side. ``holes`` is how inpainting
+    hides pixels (``centre``, random ``boxes``, or ``folder``: your masks); ``masks`` is the
+    folder of masks named as the photos (segmentation targets, or inpainting holes).
+    ``test_crops`` caps the fixed test crops per test photo; ``workers`` is the number of loader
+    processes that decode photos while the model trains (null: 0 for bundled photos, 2 for a
+    folder). Plain datasets (no ``task``) are held in memory and may be ``pad_to``-padded and
+    ``downsample``-averaged.
+    """
 
     name: str = "mnist5k"
     root: str | None = None
     pad_to: int | None = None
     downsample: int | None = None
+    task: str | None = None
+    crop: int | None = None
+    holes: str = "centre"
+    masks: str | None = None
+    test_crops: int = 128
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +211,11 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "num_samples"): ((lambda v: 0 <= v <= 10_000), "an integer in [0, 10000] (0 means no sample grids)"),
     ("train", "seed"): ((lambda v: 0 <= v < 2**32), "an integer in [0, 2**32)"),
     ("data", "pad_to"): ((lambda v: v is None or 0 < v <= 4096), "null or an image side in [1, 4096]"),
+    ("data", "task"): ((lambda v: v is None or v in RECIPES), f"null or one of {', '.join(RECIPES)}"),
+    ("data", "crop"): ((lambda v: v is None or 4 <= v <= 4096), "null (the task's 32) or a crop side in [4, 4096]"),
+    ("data", "holes"): _one_of(*HOLES),
+    ("data", "test_crops"): ((lambda v: 1 <= v <= 100_000), "an integer in [1, 100000]"),
+    ("data", "workers"): ((lambda v: v is None or 0 <= v <= 64), "null (automatic) or an integer in [0, 64]"),
     ("data", "downsample"): ((lambda v: v is None or v in (1, 2, 4, 8, 16)), "null or a factor in 1, 2, 4, 8, 16"),
     ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
     ("train", "objective"): _one_of("likelihood", "flow_matching"),

@@ -29,7 +29,10 @@ from tqdm.auto import tqdm
 from msflow._io import remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
 from msflow.data import ImageDataset, get_dataset
+from msflow.data.batches import StepBatches, epoch_order  # noqa: F401  (epoch_order: re-exported)
 from msflow.data.registry import PAIRED_DATASETS
+from msflow.data.stream import CropStream
+from msflow.data.tasks import TASK_ALIASES, task_data
 from msflow.errors import CheckpointError, ConfigError, MsflowError, ShapeError
 from msflow.models import create_model
 from msflow.nn.subnets import subnet_precision
@@ -68,9 +71,34 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
     return set_gradient_checkpointing(model, cfg.train.gradient_checkpointing)
 
 
-def load_data(cfg: Config, split: str) -> ImageDataset:
-    """The configured dataset split."""
-    return get_dataset(cfg.data.name, split, root=cfg.data.root, pad_to=cfg.data.pad_to, downsample=cfg.data.downsample)
+def data_task(cfg: Config) -> str | None:
+    """The image-to-image task of ``cfg`` (``data.task``, or the one an older dataset name stands for)."""
+    return cfg.data.task or TASK_ALIASES.get(cfg.data.name)
+
+
+def load_data(cfg: Config, split: str) -> ImageDataset | CropStream:
+    """The configured dataset split: for a task, a stream of random crops (train) or fixed crops (test)."""
+    d, task = cfg.data, data_task(cfg)
+    if task is None:
+        return get_dataset(d.name, split, root=d.root, pad_to=d.pad_to, downsample=d.downsample)
+    if d.pad_to is not None or d.downsample is not None:
+        raise ConfigError("data.pad_to and data.downsample apply to plain datasets; a task sets its size by data.crop")
+    source = "photos" if d.name in TASK_ALIASES else d.name
+    return task_data(source, task, split, cfg.train.seed, d.root, d.crop, d.holes, d.masks, d.test_crops)
+
+
+def with_crop_size(cfg: Config) -> Config:
+    """``cfg`` with the model built for ``data.crop``-sided targets when a task sets a crop (``size`` option)."""
+    if data_task(cfg) is None or cfg.data.crop is None or "size" in cfg.model.options:
+        return cfg
+    return replace(cfg, model=replace(cfg.model, options={**cfg.model.options, "size": cfg.data.crop}))
+
+
+def loader_workers(cfg: Config) -> int:
+    """``data.workers``, or when unset: 2 loader processes for a folder of photos, none otherwise."""
+    if cfg.data.workers is not None:
+        return cfg.data.workers
+    return 2 if data_task(cfg) is not None and cfg.data.name == "folder" else 0
 
 
 def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
@@ -131,11 +159,6 @@ def learning_rate(cfg: Config, step: int) -> float:
     if o.schedule == "step" and step >= o.warmup_steps:
         return max(o.min_lr, o.lr * o.decay_rate ** ((step - o.warmup_steps) // o.decay_steps))
     return o.lr * warm
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    """The data order of ``epoch``: a permutation that depends only on ``(seed, epoch)``."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def _state_tensors(
@@ -269,7 +292,7 @@ def train(cfg: Config) -> dict[str, Any]:
     run_dir = cfg.run_dir
     device = resolve_device(t.device)
     # The checkpoint stores the precision the run really used, not "auto".
-    cfg = replace(cfg, train=replace(t, precision=resolve_precision(t.precision, device)))
+    cfg = with_crop_size(replace(cfg, train=replace(t, precision=resolve_precision(t.precision, device))))
     t = cfg.train
     ranks = init_distributed(device)
     if t.deterministic:
@@ -278,16 +301,14 @@ def train(cfg: Config) -> dict[str, Any]:
     model = build_model(cfg, device)
     check_compatible(model, train_set, cfg)
     objective = make_objective(model, t.objective, t.level)
-    conds = getattr(train_set, "conds", None)
+    conds = getattr(test_set, "conds", None)
     if conds is not None and t.logdet_every:
         raise ConfigError("train.logdet_every tracks unconditional flows only; set it to 0 for a conditional model")
     rows = min(t.num_samples, 8)  # a conditional grid has a row per test condition
-    pairs = (test_set.images[:rows], test_set.conds[:rows]) if conds is not None else None
+    pairs = (test_set.images[:rows], conds[:rows]) if conds is not None else None
     score = bpd_score(t.level)
-    steps_per_epoch = len(train_set) // t.batch_size
     first, stop = ranks.shard(t.batch_size)
-    if steps_per_epoch == 0:
-        raise ShapeError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images; lower it")
+    batches = StepBatches(train_set, t.batch_size, t.seed, (first, stop), loader_workers(cfg))
     o = cfg.optim
     opt = OPTIMIZERS[o.optimizer](model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
@@ -348,12 +369,14 @@ def train(cfg: Config) -> dict[str, Any]:
     seen, clock = 0, time.perf_counter()
     model.train()
     # Every rank must agree on when the time budget ends.
+    stream, stream_step = batches.iterate(step), step
     while step < t.steps and not ranks.any(bool(t.max_seconds) and spent() >= t.max_seconds):
-        epoch, offset = divmod(step, steps_per_epoch)
-        idx = epoch_order(len(train_set), t.seed, epoch)[offset * t.batch_size : (offset + 1) * t.batch_size]
-        idx = idx[first:stop]
-        x = train_set.images[idx].to(device)
-        cond = conds[idx].to(device) if conds is not None else None
+        if stream_step != step:  # a roll-back: the batches go back with the weights
+            stream.close()
+            stream, stream_step = batches.iterate(step), step
+        x, cond = next(stream)
+        stream_step += 1
+        x, cond = x.to(device), None if cond is None else cond.to(device)
         lr = learning_rate(cfg, step) * guard.lr_scale * guard.plateau.scale
         for group in opt.param_groups:
             group["lr"] = lr
@@ -375,7 +398,7 @@ def train(cfg: Config) -> dict[str, Any]:
             ranks.average_gradients(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         step += 1
-        seen += len(idx) * ranks.world
+        seen += x.shape[0] * ranks.world
         if not (torch.isfinite(mean_loss) and torch.isfinite(grad_norm)):
             guard.bad_in_a_row += 1
             event = {"step": step, "event": "skipped_non_finite_step", "loss": mean_loss.item()}
@@ -429,6 +452,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if due and step < t.steps:
             _periodic_checkpoint(partial(checkpoint, *state()), ckpt, step, log, bar)
     bar.close()
+    stream.close()
     if not ranks.main:  # rank 0 evaluates and writes the results
         ranks.barrier()
         return json.loads((run_dir / "results.json").read_text())
