@@ -21,6 +21,11 @@ last keeps nothing. Every ``Z^i_j`` is scored by ``N(0, I)``, giving eq. 9:
     \log p(w \mid y) = \log|\det \partial T(w)/\partial w|
         + \sum_{i} \sum_{j \le i} \big[\log\mathcal N(z^i_j) + \log|\det \partial f^i_j|\big]
 
+Super-resolution and colorization measure the target from a guess made from the condition, the
+bicubic upsampling of ``y`` or ``y`` repeated to RGB (DESIGN.md section 6): ``T`` reads
+``w - b(y)``, a shift of log-det 0, so ``log p(w | y) = log p_flow(w - b(y) | y)`` and an untrained
+model sampled at temperature 0 returns ``b(y)``.
+
 Training minimises ``-(log p(w | y) + lambda log p(y))`` (section 4.3), ``p(y)`` from ``R``.
 Sampling (section 4.4) encodes ``y``, draws every ``Z`` at temperature ``tau``, generates
 ``L_0, .., L_{n-1}`` in turn and inverts ``T``.
@@ -38,87 +43,28 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msflow.core import FlowSequential, InvertibleModule, Shape
+from msflow.core import FlowSequential, Shape
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
-from msflow.errors import DataError, ShapeError
+from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._image_flow import ImageFlow
 from msflow.models._registry import register_model
-from msflow.models.glow import glow_step
-from msflow.models.multiscale import MultiScaleFlow, check_squeezable, make_preprocess
-from msflow.nn.subnets import conv_subnet
-from msflow.transforms import (
-    ActNorm,
-    AffineCoupling,
-    AffineInjector,
-    InvConv1x1,
-    Squeeze,
-    UniformDequantize,
-    VariationalDequantize,
+from msflow.models.caflow_parts import (
+    RESIDUAL_TASKS,
+    TASKS,
+    check_options,
+    check_target,
+    component_blocks,
+    condition_latents,
+    condition_pixels,
+    per_scale,
+    task_shift,
+    unconditional_flow,
+    upsampled_condition,
 )
-
-FACTORIZATIONS = ("autoregressive", "dual-glow")
-DEQUANTIZATIONS = ("uniform", "variational")
-# task -> (condition channels, what the condition is, how to make one)
-TASKS: dict[str, tuple[int, str, str]] = {
-    "superres": (3, "low-resolution RGB", "downscale the photo"),
-    "colorize": (1, "greyscale", "convert the image to greyscale (mode L)"),
-    "inpaint": (3, "masked RGB", "zero the masked pixels of an RGB image"),
-    "sketch": (1, "edge-map", "compute edges with msflow.data.translation.sketch_edges"),
-}
-
-
-def _transitions(channels: int, count: int) -> list[InvertibleModule]:
-    # SRFlow's transition step: a learned linear mix of the pixels a squeeze brought together,
-    # against the checkerboard artefacts of pure reordering (appendix A.1).
-    return [block for _ in range(count) for block in (ActNorm(channels), InvConv1x1(channels))]
-
-
-def unconditional_flow(
-    image_shape: Shape, num_levels: int, steps: int, hidden: int, transitions: int = 2
-) -> MultiScaleFlow:
-    """``R`` or ``T`` (appendix A.1): per level squeeze, transition steps, ``steps`` Glow steps, split.
-
-    The split keeps half the channels for the next level; the factored half is a latent of the
-    hierarchy (``D_j`` or ``L_j``), returned fine to coarse by ``encode``. No prior is attached:
-    CAFLOW scores ``D`` by ``N(0, I)`` and ``L`` by the conditional flows.
-    """
-    check_squeezable(tuple(image_shape), num_levels)
-    step = glow_step(hidden, "affine", "atan", True, "convnet")
-    levels, keep, channels = [], [], image_shape[0]
-    for i in range(num_levels):
-        channels *= 4
-        blocks: list[InvertibleModule] = [Squeeze(), *_transitions(channels, transitions)]
-        for _ in range(steps):
-            blocks.extend(step(channels, 0))
-        levels.append(FlowSequential(*blocks))
-        keep.append(0 if i == num_levels - 1 else channels // 2)
-        channels //= 2
-    return MultiScaleFlow(image_shape, levels, keep, make_preprocess("center"))
-
-
-def conditional_block(
-    channels: int, cond_channels: int, steps: int, hidden: int, transitions: int, squeeze: bool
-) -> FlowSequential:
-    """One ``f^i_j`` (appendix A.2): [squeeze], transition steps, then ``steps`` conditional steps of
-    ActNorm, 1x1 conv, affine injector and conditional affine coupling, all reading the condition.
-
-    ``channels`` is the width after the optional squeeze.
-    """
-    net = conv_subnet(hidden)
-    blocks: list[InvertibleModule] = [Squeeze()] if squeeze else []
-    blocks += _transitions(channels, transitions)
-    for _ in range(steps):
-        blocks += [
-            ActNorm(channels),
-            InvConv1x1(channels),
-            AffineInjector(channels, cond_channels, net, "atan"),
-            AffineCoupling(channels, subnet=net, scale="atan", cond_channels=cond_channels),
-        ]
-    return FlowSequential(*blocks)
+from msflow.transforms import Affine, UniformDequantize, VariationalDequantize
 
 
 class CAFlow(ImageFlow):
@@ -140,6 +86,12 @@ class CAFlow(ImageFlow):
         lam: weight ``lambda`` of ``log p(y)`` in the training objective.
         dequantization: ``"uniform"`` or ``"variational"`` (Flow++ noise, ``dequant_steps`` steps).
         scale: super-resolution factor (1 for the other tasks).
+        residual: model ``w`` relative to :meth:`base` (``T`` reads ``w - b(y)``); the default,
+            ``None``, is on for super-resolution and colorization, the tasks that have such a guess.
+            Off, ``T`` centres ``w`` on 1/2, as in runs trained before the option.
+        coupling_scale: scale function of the couplings and injectors of ``T`` and the ``f^i_j``,
+            the maps inverted when sampling: the paper's soft clamp ``"atan"`` (a factor below
+            ``e^2`` per block, either way) or ``"bounded"`` (below 2).
 
     Example:
         >>> import torch
@@ -152,6 +104,9 @@ class CAFlow(ImageFlow):
         torch.Size([2])
         >>> model.sample(3, temperature=0.5, cond=y[:1]).shape
         torch.Size([3, 3, 16, 16])
+        >>> fresh = create_model("caflow-colorize", size=16, levels=2, hidden=8, cond_hidden=8)
+        >>> bool((fresh.sample(2, temperature=0.0, cond=y) == y).all())  # the grey image, untrained
+        True
     """
 
     def __init__(
@@ -171,18 +126,11 @@ class CAFlow(ImageFlow):
         dequantization: str = "uniform",
         dequant_steps: int = 4,
         scale: int = 1,
+        residual: bool | None = None,
+        coupling_scale: str = "atan",
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        if factorization not in FACTORIZATIONS:
-            raise ValueError(f"unknown factorization {factorization!r}; choose one of {', '.join(FACTORIZATIONS)}")
-        if dequantization not in DEQUANTIZATIONS:
-            raise ValueError(f"unknown dequantization {dequantization!r}; choose one of {', '.join(DEQUANTIZATIONS)}")
-        if not lam >= 0:
-            raise ValueError(f"lam weighs log p(y) in the loss and must be >= 0, got {lam}")
-        if (scale > 1) != (task == "superres"):
-            raise ValueError(f"scale {scale} does not fit task {task!r}: only superres has a scale above 1")
+        check_options(task, factorization, dequantization, lam, scale)
         c, h, w = image_shape
         self.task, self.scale, self.lam = task, scale, float(lam)
         self.image_shape = tuple(image_shape)
@@ -192,38 +140,38 @@ class CAFlow(ImageFlow):
         self.factorization, self.share_weights = factorization, share_weights
         self.num_dims = c * h * w
         self.R = unconditional_flow((cond_c, h, w), num_levels, cond_steps, hidden, transitions)
-        self.T = unconditional_flow(self.image_shape, num_levels, target_steps, hidden, transitions)
+        residual = task in RESIDUAL_TASKS if residual is None else residual
+        # With a shift, w - b(y) replaces T's centring w - 1/2, and T's preprocessing is the identity.
+        self.shift = task_shift(task, scale, c) if residual else None
+        centre = Affine(1.0, 0.0) if residual else None
+        # R is only ever run forwards; T and the f^i_j are inverted when sampling, so theirs is the
+        # scale that must not blow latents up (coupling_scale).
+        self.T = unconditional_flow(
+            self.image_shape, num_levels, target_steps, hidden, transitions, centre, coupling_scale
+        )
         self.dequantizer: UniformDequantize = UniformDequantize(8)
         if dequantization == "variational":
             self.dequantizer = VariationalDequantize(c, 8, dequant_steps, cond_hidden)
         # Paper index k = 0 is the coarsest level; the flows list latents fine to coarse.
         l_ch = [s[0] for s in reversed(self.T.latent_shapes())]
         d_ch = [s[0] for s in reversed(self.R.latent_shapes())]
-        self.blocks = nn.ModuleList()
-        self._route: list[list[int]] = []  # _route[i][j]: index in self.blocks of f^i_j
-        shared: dict[int, int] = {}
-        for i in range(num_levels):
-            route = [-1] * (i + 1)
-            width = l_ch[i]
-            route[i] = self._add(conditional_block(width, d_ch[i], flow_steps, cond_hidden, transitions, False))
-            for j in range(i - 1, -1, -1) if factorization == "autoregressive" else ():
-                width = 4 * (width // 2)
-                if share_weights and j in shared:
-                    route[j] = shared[j]
-                    continue
-                block = conditional_block(width, l_ch[j] + d_ch[j], flow_steps, cond_hidden, transitions, True)
-                route[j] = shared[j] = self._add(block)
-            self._route.append(route)
+        blocks, self._route = component_blocks(
+            l_ch,
+            d_ch,
+            flow_steps,
+            cond_hidden,
+            transitions,
+            factorization == "autoregressive",
+            share_weights,
+            coupling_scale,
+        )
+        self.blocks = nn.ModuleList(blocks)  # self._route[i][j]: index in self.blocks of f^i_j
         self.to(memory_format=torch.channels_last)
 
     @property
     def target_multiple(self) -> int:
         """Target sides must divide by this (one squeeze per level)."""
         return 2**self.num_levels
-
-    def _add(self, block: FlowSequential) -> int:
-        self.blocks.append(block)
-        return len(self.blocks) - 1
 
     def block(self, i: int, j: int) -> FlowSequential:
         """The block ``f^i_j`` of the ``i``-th conditional flow at level ``j`` (0: coarsest)."""
@@ -234,82 +182,49 @@ class CAFlow(ImageFlow):
         return range(i, -1, -1) if self.factorization == "autoregressive" else range(i, i - 1, -1)
 
     # ---- conditions -------------------------------------------------------------------------
+    def condition_pixels(self, cond: Any, target: Tensor | None = None) -> Tensor:
+        """``cond`` as float pixel values 0..255 at its own size, on the model's device, or raise
+        naming the expected shape (one condition per ``target`` when given)."""
+        pixels = condition_pixels(cond, self.task, self.cond_shape, self.scale, self.num_levels, target)
+        return pixels.to(next(self.parameters()).device)
+
     def check_condition(self, cond: Any, target: Tensor | None = None) -> Tensor:
-        """Return ``cond`` as float pixel values 0..255 at the target's size, or raise naming the expected shape."""
-        kind, how = TASKS[self.task][1], TASKS[self.task][2]
-        c = self.cond_shape[0]
-        # Targets divide by 2^n; a super-resolution condition is scale times smaller.
-        unit = 2**self.num_levels // math.gcd(2**self.num_levels, self.scale)
-        if cond is None:
-            raise ValueError(f"CAFLOW models p(target | condition) and needs cond=... ({kind} images (B, {c}, h, w))")
-        if not isinstance(cond, Tensor) or cond.dim() != 4:
-            got = f"a {cond.dim()}-D tensor" if isinstance(cond, Tensor) else type(cond).__name__
-            raise ShapeError(f"CAFLOW ({self.task}) expects {kind} condition images (B, {c}, H, W), got {got}")
-        want = "x".join(map(str, self.cond_shape))
-        got = "x".join(map(str, cond.shape[1:]))
-        if cond.shape[1] != c:
-            raise ShapeError(
-                f"CAFLOW ({self.task}) expects {kind} condition images of shape {want} (B, {c}, H, W), got {got}: {how}"
-            )
-        if target is not None:
-            if cond.shape[0] != target.shape[0]:
-                raise ShapeError(f"got {target.shape[0]} targets but {cond.shape[0]} conditions: give one per target")
-            th, tw = target.shape[-2:]
-            need = (c, th // self.scale, tw // self.scale)
-            if tuple(cond.shape[1:]) != need:
-                raise ShapeError(
-                    f"a {th}x{tw} target needs a condition of shape {'x'.join(map(str, need))}, got {got}"
-                    + (f" (x{self.scale} super-resolution)" if self.scale > 1 else "")
-                )
-        elif cond.shape[-2] % unit or cond.shape[-1] % unit:
-            raise ShapeError(
-                f"CAFLOW ({self.task}) conditions must have sides divisible by {unit} (e.g. {want}), got {got}; "
-                "pad the image (the msflow task commands pad and crop automatically)"
-            )
-        if cond.is_floating_point():
-            if cond.numel() and not (0 <= float(cond.min()) and float(cond.max()) <= 1):
-                raise DataError(
-                    f"condition images are uint8 (0..255) or floats in [0, 1]; got floats in "
-                    f"[{float(cond.min()):g}, {float(cond.max()):g}]: pass the uint8 images, or divide by 255"
-                )
-            pixels = (cond * 255).round()
-        else:
-            pixels = cond.to(torch.float32)
-        pixels = pixels.to(next(self.parameters()).device)
-        if self.scale > 1:
-            # The paper conditions on the bicubically upsampled LR image (Figure 8): R then sees
-            # an image of the target's size, so D_j and L_j share their resolutions.
-            up = F.interpolate(pixels, scale_factor=self.scale, mode="bicubic", align_corners=False)
-            pixels = up.clamp(0, 255).round()
-        return pixels
+        """What ``R`` reads: ``cond`` as float pixels 0..255 at the target's size; raises naming the expected shape."""
+        return upsampled_condition(self.condition_pixels(cond, target), self.scale)
+
+    @property
+    def residual(self) -> bool:
+        """Whether ``T`` reads the target relative to a function of the condition (:meth:`base`)."""
+        return self.shift is not None
+
+    def base(self, cond: Any) -> Tensor:
+        """``(B, C, H, W)`` continuous targets that a ``T`` input of zero stands for, in the units of ``v``.
+
+        Pillow's bicubic upsampling of the condition (super-resolution) or the grey condition in
+        every channel (colorization), at bin centres; 1/2 for a model without a shift.
+        """
+        pixels = self.condition_pixels(cond)
+        shape = (pixels.shape[0], self.image_shape[0], *(d * self.scale for d in pixels.shape[-2:]))
+        zero = torch.zeros(shape, device=pixels.device, dtype=next(self.parameters()).dtype)
+        return self._out_of_flow(self.T.preprocess.inverse(zero)[0], pixels)
+
+    def _into_flow(self, v: Tensor, pixels: Tensor) -> Tensor:
+        """``v - b(y)`` from the condition's pixels (``v`` itself without a shift): what ``T`` reads; log-det 0."""
+        return v if self.shift is None else self.shift(v, pixels)[0]
+
+    def _out_of_flow(self, h: Tensor, pixels: Tensor) -> Tensor:
+        """The inverse of :meth:`_into_flow`: ``h + b(y)``."""
+        return h if self.shift is None else self.shift.inverse(h, pixels)[0]
 
     def _condition_latents(
         self, pixels: Tensor, generator: torch.Generator | None, dtype: torch.dtype
     ) -> tuple[list[Tensor], Tensor]:
-        """``[D_0, .., D_{n-1}]`` (coarse to fine) and ``log p(v_y)`` for condition pixels 0..255.
-
-        With a generator, ``v_y`` is a uniform dequantization draw (training, where ``log p(y)``
-        enters the loss); without one it is the bin centres, so conditions are deterministic.
-        """
-        if generator is None:
-            v = (pixels.to(dtype) + 0.5) / 256
-        else:
-            v, _ = UniformDequantize(8)(pixels.to(torch.uint8), generator=generator, dtype=dtype)
-        # _encode_with skips the fixed-size check: the flows are convolutional, any squeezable size works.
-        zs, logdet = self.R._encode_with(v.contiguous(memory_format=torch.channels_last), [None] * self.num_levels)
-        log_p = logdet + sum(standard_normal_log_prob(z) for z in zs)
-        return zs[::-1], log_p
+        """``[D_0, .., D_{n-1}]`` (coarse to fine) and ``log p(v_y)``: :func:`condition_latents` by ``R``."""
+        return condition_latents(self.R, pixels, generator, dtype)
 
     # ---- density ----------------------------------------------------------------------------
     def _check_target(self, x: Tensor) -> None:
-        c = self.image_shape[0]
-        side = 2**self.num_levels
-        if x.dim() != 4 or x.shape[1] != c or x.shape[-2] % side or x.shape[-1] % side:
-            got = "x".join(map(str, x.shape[1:])) if x.dim() == 4 else f"a {x.dim()}-D tensor"
-            raise ShapeError(
-                f"CAFLOW ({self.task}) expects targets (B, {c}, H, W) with H and W divisible by {side} "
-                f"(e.g. {'x'.join(map(str, self.image_shape))}), got {got}"
-            )
+        check_target(x, self.task, self.image_shape, self.num_levels)
 
     def _block_condition(self, i: int, j: int, ls: Sequence[Tensor], ds: Sequence[Tensor]) -> Tensor:
         # f^i_i reads D_i alone (L_i is what it models); f^i_j, j < i, reads [L_j, D_j] (eq. 9).
@@ -355,9 +270,9 @@ class CAFlow(ImageFlow):
         zs, logdet = self.encode_component(i, ls, ds)
         return logdet + sum(standard_normal_log_prob(z) for z in zs)
 
-    def _conditional_log_prob(self, v: Tensor, ds: Sequence[Tensor]) -> Tensor:
-        """``log p(v | y)`` in nats for continuous targets ``v`` (eq. 9)."""
-        zs, logdet = self.T._encode_with(v, [None] * self.num_levels)
+    def _conditional_log_prob(self, h: Tensor, ds: Sequence[Tensor]) -> Tensor:
+        """``log p(v | y)`` in nats (eq. 9) from what ``T`` reads, ``h = v - b(y)`` (the shift's log-det is 0)."""
+        zs, logdet = self.T._encode_with(h, [None] * self.num_levels)
         ls = zs[::-1]
         return logdet + sum(self.component_log_prob(i, ls, ds) for i in range(self.num_levels))
 
@@ -365,11 +280,13 @@ class CAFlow(ImageFlow):
         self, x: Tensor, cond: Any, generator: torch.Generator | None, noisy_cond: bool, same_noise: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self._check_target(x)
-        pixels = self.check_condition(cond, x)
+        raw = self.condition_pixels(cond, x)
+        pixels = upsampled_condition(raw, self.scale)
         dtype = next(self.parameters()).dtype
         v, log_q = self.dequantizer(x, generator=generator, dtype=dtype, same_noise=same_noise)
         ds, log_p_y = self._condition_latents(pixels, generator if noisy_cond else None, dtype)
-        return self._conditional_log_prob(v.contiguous(memory_format=torch.channels_last), ds), log_q, log_p_y, pixels
+        h = self._into_flow(v, raw).contiguous(memory_format=torch.channels_last)
+        return self._conditional_log_prob(h, ds), log_q, log_p_y, pixels
 
     def bits_per_dim(
         self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None, same_noise: bool = False
@@ -401,8 +318,9 @@ class CAFlow(ImageFlow):
         r"""Continuous targets ``v`` given ``cond`` -> every ``Z^i_j`` (component by component, each fine
         to coarse) and ``log|det dZ/dv|``: the whole bijection whose change of variables is eq. 9."""
         self._check_target(v)
-        ds, _ = self._condition_latents(self.check_condition(cond, v), None, v.dtype)
-        zs, logdet = self.T._encode_with(v, [None] * self.num_levels)
+        raw = self.condition_pixels(cond, v)
+        ds, _ = self._condition_latents(upsampled_condition(raw, self.scale), None, v.dtype)
+        zs, logdet = self.T._encode_with(self._into_flow(v, raw), [None] * self.num_levels)
         ls, out = zs[::-1], []
         for i in range(self.num_levels):
             comp, ld = self.encode_component(i, ls, ds)
@@ -412,7 +330,8 @@ class CAFlow(ImageFlow):
 
     def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
         """The inverse of :meth:`encode`: generate ``L_0, .., L_{n-1}`` in turn, then invert ``T``."""
-        ds, _ = self._condition_latents(self.check_condition(cond), None, zs[0].dtype)
+        raw = self.condition_pixels(cond)
+        ds, _ = self._condition_latents(upsampled_condition(raw, self.scale), None, zs[0].dtype)
         ls: list[Tensor] = []
         rest = list(zs)
         for i in range(self.num_levels):
@@ -421,17 +340,9 @@ class CAFlow(ImageFlow):
             rest = rest[count:]
         if rest:
             raise ValueError(f"got {len(zs)} latents, {len(zs) - len(rest)} expected (see encode)")
-        return self.T._decode_with(ls[::-1], [None] * self.num_levels)
+        return self._out_of_flow(self.T._decode_with(ls[::-1], [None] * self.num_levels), raw)
 
     # ---- sampling ---------------------------------------------------------------------------
-    def _temperatures(self, temperature: float | Sequence[float]) -> list[float]:
-        if isinstance(temperature, int | float):
-            return [float(temperature)] * self.num_levels
-        temps = [float(t) for t in temperature]
-        if len(temps) != self.num_levels:
-            raise ValueError(f"give one temperature or {self.num_levels} (one per scale, coarse to fine), got {temps}")
-        return temps
-
     def generate_component(
         self,
         i: int,
@@ -460,25 +371,25 @@ class CAFlow(ImageFlow):
         """Draw ``n`` targets ``(n, C, H, W)`` given ``cond`` of batch 1 (repeated) or ``n`` (section 4.4).
 
         ``temperature`` is one value or one per scale, coarse to fine."""
-        temps = self._temperatures(temperature)
-        pixels = self.check_condition(cond)
-        if pixels.shape[0] not in (1, n):
-            raise ShapeError(f"give one condition image or n={n} of them, got {pixels.shape[0]}")
+        temps = per_scale(temperature, self.num_levels)
+        raw = self.condition_pixels(cond)
+        if raw.shape[0] not in (1, n):
+            raise ShapeError(f"give one condition image or n={n} of them, got {raw.shape[0]}")
         dtype = next(self.parameters()).dtype
-        ds, _ = self._condition_latents(pixels, None, dtype)
+        ds, _ = self._condition_latents(upsampled_condition(raw, self.scale), None, dtype)
         ds = [d.expand(n, *d.shape[1:]) for d in ds]
         ls: list[Tensor] = []
         for i in range(self.num_levels):
             ls.append(self.generate_component(i, ls, ds, temps, generator))
         v = self.T._decode_with(ls[::-1], [None] * self.num_levels)
-        return self.dequantizer.quantize(v)
+        return self.dequantizer.quantize(self._out_of_flow(v, raw))
 
     def __repr__(self) -> str:
         return (
             f"CAFlow(task={self.task!r}, target={'x'.join(map(str, self.image_shape))}, "
             f"cond={'x'.join(map(str, self.cond_shape))}, levels={self.num_levels}, "
             f"factorization={self.factorization!r}, share_weights={self.share_weights}, "
-            f"blocks={len(self.blocks)}, lam={self.lam})"
+            f"blocks={len(self.blocks)}, lam={self.lam}, residual={self.residual})"
         )
 
 

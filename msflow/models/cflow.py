@@ -1,4 +1,4 @@
-"""Conditional flows for image-to-image tasks (Winkler et al., "Learning likelihoods with conditional
+r"""Conditional flows for image-to-image tasks (Winkler et al., "Learning likelihoods with conditional
 normalizing flows"): super-resolution and binary segmentation.
 
 A multi-scale flow models ``p(y | x)`` for a target ``y`` given a condition image ``x``
@@ -9,6 +9,18 @@ level; the couplings, the split priors and the final prior all read their level'
 - conditional split prior: ``p(z_1 | z_0, x) = N(mu(z_0, h), sigma(z_0, h))``;
 - conditional prior: ``p(z | x) = N(mu(h), sigma(h))`` (the last level's split prior with nothing
   kept).
+
+Super-resolution flows see the target relative to the bicubic upsampling ``b(x)`` of the
+condition (DESIGN.md section 6), a shift of log-det 0:
+
+.. math::
+
+    \log p(y \mid x) = \log p_{\mathrm{flow}}(y - b(x) \mid x)
+
+so an untrained model sampled at temperature 0 gives the bicubic image, and training adds detail
+to it. Their couplings' scales are bounded both ways (``"bounded"``: within a factor 2, after
+Liao & He): Glow's sigmoid scale lies in (0, 1), so a sampling pass, which divides by it, could
+expand a region of latents ten-thousandfold and saturate it to black.
 """
 
 from __future__ import annotations
@@ -32,6 +44,12 @@ from msflow.nn.conditioners import SRConditioner, VGGConditioner
 from msflow.nn.subnets import SUBNETS, run_subnet
 from msflow.transforms import Affine, UniformDequantize
 from msflow.transforms.binary_dequant import BinaryDequantize
+from msflow.transforms.shift import ConditionalShift, ImageBase
+
+
+def condition_to_pixels(cond: Tensor) -> Tensor:
+    """A checked ``uint8`` condition (or floats in [0, 1]) as float32 pixel values, integers 0..255."""
+    return (cond * 255).round().float() if cond.is_floating_point() else cond.float()
 
 
 def condition_to_float(cond: Tensor, dtype: torch.dtype) -> Tensor:
@@ -81,6 +99,10 @@ class ConditionalFlow(MultiScaleFlow):
 
         \log p(y \mid x) = \log \mathcal N(f(y; h); 0, I) + \log|\det \partial f(y; h) / \partial y|
 
+    With a ``shift`` (super-resolution), ``f`` reads ``y - b(x)`` where ``b(x)`` is
+    :meth:`base`, the bicubic upsampling of ``x``; the shift's log-det is 0. Without one, the
+    preprocessing centres ``y`` on a constant.
+
     The flow is convolutional, so a model trained on 32x32 targets also runs on whole photos
     whose sides divide by ``2^levels`` (the ``msflow superres`` command pads and crops).
 
@@ -90,6 +112,8 @@ class ConditionalFlow(MultiScaleFlow):
         levels, keep, preprocess: as in :class:`MultiScaleFlow`.
         conditioner: network mapping a condition in [-1/2, 1/2] to one feature map per level.
         dequantizer: :class:`UniformDequantize` or :class:`BinaryDequantize` (binary targets).
+        shift: a :class:`ConditionalShift` applied before ``preprocess``, reading the condition's
+            pixels 0..255; ``None`` for a flow measured from the preprocessing's constant.
 
     Example:
         >>> import torch
@@ -97,6 +121,9 @@ class ConditionalFlow(MultiScaleFlow):
         >>> model = create_model("cflow-sr2", steps=1, hidden=8, features=8, blocks=1, growth=4)
         >>> hr = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
         >>> lr = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+        >>> bicubic = model.dequantizer.quantize(model.base(lr))  # Pillow's bicubic upsampling
+        >>> bool(torch.equal(model.sample(2, temperature=0.0, cond=lr), bicubic))  # untrained
+        True
         >>> model.bits_per_dim(hr, lr).shape
         torch.Size([2])
         >>> model.sample(3, temperature=0.5, cond=lr[:1]).shape
@@ -112,12 +139,19 @@ class ConditionalFlow(MultiScaleFlow):
         preprocess: InvertibleModule,
         conditioner: nn.Module,
         dequantizer: nn.Module,
+        shift: ConditionalShift | None = None,
     ) -> None:
         super().__init__(image_shape, levels, keep, preprocess, dequantizer.n_bits, conditioner)
         self.dequantizer = dequantizer
         self.cond_shape = tuple(cond_shape)
         self.scale = image_shape[-1] // cond_shape[-1]
+        self.shift = shift
         self.to(memory_format=torch.channels_last)
+
+    @property
+    def residual(self) -> bool:
+        """Whether the flow models the target relative to a function of the condition (:meth:`base`)."""
+        return self.shift is not None
 
     @property
     def task(self) -> str:
@@ -148,10 +182,40 @@ class ConditionalFlow(MultiScaleFlow):
     def _features(self, cond: Any) -> list[Tensor]:
         return self.condition_features(cond, None, next(self.parameters()).dtype)
 
+    def _into_flow(self, v: Tensor, cond: Tensor) -> Tensor:
+        """``v - b(x)`` for a checked condition ``x`` (``v`` itself without a shift: log-det 0 either way)."""
+        if self.shift is None:
+            return v
+        return self.shift(v, condition_to_pixels(cond.to(v.device)))[0]
+
+    def _out_of_flow(self, h: Tensor, cond: Tensor) -> Tensor:
+        """The inverse of :meth:`_into_flow`: ``h + b(x)``."""
+        if self.shift is None:
+            return h
+        return self.shift.inverse(h, condition_to_pixels(cond.to(h.device)))[0]
+
+    def base(self, cond: Any) -> Tensor:
+        """``(B, C, H, W)`` continuous targets that a flow input of zero stands for, in the units of ``v``.
+
+        The bicubic upsampling of the condition at bin centres (``dequantizer.quantize`` of it is
+        Pillow's bicubic image) for a super-resolution flow; otherwise the preprocessing's constant.
+        """
+        cond = check_condition(cond, self.cond_shape, self.scale, None, type(self).__name__)
+        p = next(self.parameters())
+        size = (cond.shape[0], self.image_shape[0], *(d * self.scale for d in cond.shape[-2:]))
+        h, _ = self.preprocess.inverse(torch.zeros(size, device=p.device, dtype=p.dtype))
+        return self._out_of_flow(h, cond)
+
     def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
         """Continuous targets ``v`` and conditions -> (latents fine to coarse, log-det)."""
         self._check_target(v)
-        return self._encode_with(v, self.condition_features(cond, v, v.dtype))
+        feats = self.condition_features(cond, v, v.dtype)
+        return self._encode_with(self._into_flow(v, cond), feats)
+
+    def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
+        """Latents fine to coarse and conditions -> continuous targets ``v`` (the inverse of :meth:`encode`)."""
+        h = self._decode_with(zs, self._features(cond))
+        return self._out_of_flow(h, cond)
 
     def _dequantize(
         self, x: Tensor, feats: Sequence[Tensor], generator: torch.Generator | None
@@ -171,7 +235,7 @@ class ConditionalFlow(MultiScaleFlow):
         self._check_target(x)
         feats = self.condition_features(cond, x, next(self.parameters()).dtype)
         v, log_q = self._dequantize(x, feats, generator)
-        zs, logdet = self._encode_with(v, feats)
+        zs, logdet = self._encode_with(self._into_flow(v, cond), feats)
         return logdet + sum(standard_normal_log_prob(z) for z in zs), log_q
 
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
@@ -190,7 +254,8 @@ class ConditionalFlow(MultiScaleFlow):
     ) -> Tensor:
         """Draw ``n`` targets ``(n, C, H, W)`` given ``cond`` of batch 1 (repeated) or ``n``.
 
-        Temperature 0 gives the flow's image of the prior's mean, the "mode" of Figure 3.
+        Temperature 0 gives the flow's image of the prior's mean, the "mode" of Figure 3: for an
+        untrained super-resolution flow, the bicubic upsampling of ``cond`` (:meth:`base`).
         """
         cond = check_condition(cond, self.cond_shape, self.scale, None, type(self).__name__)
         if cond.shape[0] not in (1, n):
@@ -200,7 +265,7 @@ class ConditionalFlow(MultiScaleFlow):
         feats = [f.expand(n, *f.shape[1:]) for f in self.condition_features(cond, None, p.dtype)]
         shapes = self._trace_shapes((self.image_shape[0], h, w))
         zs = [standard_normal_sample((n, *s), temperature, generator, p.device, p.dtype) for s in shapes]
-        return self.dequantizer.quantize(self._decode_with(zs, feats))
+        return self.dequantizer.quantize(self._out_of_flow(self._decode_with(zs, feats), cond))
 
 
 def _conditional_flow(
@@ -213,12 +278,21 @@ def _conditional_flow(
     coupling: str,
     subnet: str,
     dequantizer: nn.Module,
+    coupling_scale: str = "sigmoid",
+    residual: bool = False,
 ) -> ConditionalFlow:
-    step = glow_step(hidden, coupling, "sigmoid", True, subnet)
+    step = glow_step(hidden, coupling, coupling_scale, True, subnet)
     blocks, keep = multiscale_levels(image_shape, levels, steps, step, conditioner.level_channels)
-    # Binary dequantization already returns centred values v - 1/2 (see BinaryDequantize).
-    centre = Affine(1.0, 0.0) if isinstance(dequantizer, BinaryDequantize) else make_preprocess("center")
-    return ConditionalFlow(image_shape, cond_shape, blocks, keep, centre, conditioner, dequantizer)
+    shift = None
+    if residual:
+        # v - b(x) replaces v - 1/2: the shift does the centring, so the preprocessing is the identity.
+        shift = ConditionalShift(ImageBase(image_shape[-1] // cond_shape[-1], image_shape[0]))
+        centre = Affine(1.0, 0.0)
+    elif isinstance(dequantizer, BinaryDequantize):
+        centre = Affine(1.0, 0.0)  # binary dequantization already returns centred values v - 1/2
+    else:
+        centre = make_preprocess("center")
+    return ConditionalFlow(image_shape, cond_shape, blocks, keep, centre, conditioner, dequantizer, shift)
 
 
 def cflow_superres(
@@ -231,15 +305,33 @@ def cflow_superres(
     features: int = 64,
     blocks: int = 4,
     growth: int = 32,
+    residual: bool = True,
+    coupling_scale: str | None = None,
 ) -> ConditionalFlow:
     """Super-resolution flow ``p(HR | LR)`` (section 5.1): Glow steps with conditional affine couplings
-    and an RRDB conditioner. The paper's size is ``steps=8, hidden=512, features=128, blocks=16``."""
+    and an RRDB conditioner. The paper's size is ``steps=8, hidden=512, features=128, blocks=16``.
+
+    ``residual`` models the HR image relative to the bicubic upsampling of the LR one (off: relative
+    to 1/2); ``coupling_scale`` is the couplings' scale function, by default ``"bounded"`` (within a
+    factor 2 both ways) with ``residual`` and Glow's ``"sigmoid"`` without. ``residual=False`` alone
+    is thus the model of runs trained before these options.
+    """
     if size % scale:
         raise ValueError(f"size {size} is not a multiple of scale {scale}")
     conditioner = SRConditioner(channels, scale, levels, features, blocks, growth)
     shape, cond_shape = (channels, size, size), (channels, size // scale, size // scale)
     return _conditional_flow(
-        shape, cond_shape, conditioner, levels, steps, hidden, "affine", "convnet", UniformDequantize(8)
+        shape,
+        cond_shape,
+        conditioner,
+        levels,
+        steps,
+        hidden,
+        "affine",
+        "convnet",
+        UniformDequantize(8),
+        coupling_scale or ("bounded" if residual else "sigmoid"),
+        residual,
     )
 
 

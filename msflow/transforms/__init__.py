@@ -19,6 +19,7 @@ from msflow.transforms.reshape import (
     Squeeze,
     UnimodularPyramid,
 )
+from msflow.transforms.shift import ConditionalShift, ImageBase
 from msflow.transforms.spline import RQActivation
 from msflow.transforms.split import GaussianSplitPrior
 from msflow.transforms.variational_dequant import VariationalDequantize
@@ -33,9 +34,11 @@ __all__ = [
     "AffineCoupling",
     "AffineInjector",
     "ChannelPermutation",
+    "ConditionalShift",
     "DualAffineCoupling",
     "GaussianSplitPrior",
     "HaarPyramid",
+    "ImageBase",
     "InvConv1x1",
     "Logit",
     "MARSplitPrior",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,24 @@ def _atan_log_scale(raw: Tensor) -> Tensor:
     return 1.272 * torch.atan(raw)
 
 
+SCALE_BOUND = 2.0
+"""The factor the ``"bounded"`` scale stays within: ``s`` in ``(1 / SCALE_BOUND, SCALE_BOUND)``."""
+
+
+def _bounded_log_scale(raw: Tensor) -> Tensor:
+    # Liao & He (paper 004, sec. 2.3): bounded gradients need every block and its inverse to be
+    # Lipschitz. Glow's sigmoid scale lies in (0, 1), so its inverse divides by a scale that can
+    # approach 0 and, at sampling time, blow a region of latents up to saturated pixels. Here
+    # log s = log(B) tanh(raw / log B): s in (1/B, B) both ways, s = 1 and ds/draw = 1 at raw = 0.
+    bound = math.log(SCALE_BOUND)
+    return bound * torch.tanh(raw / bound)
+
+
 LOG_SCALES: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": _sigmoid_log_scale,
     "tanh": _tanh_log_scale,
     "atan": _atan_log_scale,
+    "bounded": _bounded_log_scale,
 }
 
 
@@ -66,14 +81,15 @@ class AffineCoupling(_Coupling):
         x = [x_a, x_b],\quad (t, r) = \mathrm{NN}(x_a[, c]),\quad
         z = [x_a,\; x_b\, e^{s(r)} + t],\quad \log|\det| = \textstyle\sum s(r)
 
-    with ``s = log sigmoid(r + 2)`` (Glow), ``s = 2 tanh(r / 2)`` or ``s = 1.272 atan(r)`` (CAFLOW).
+    with ``s = log sigmoid(r + 2)`` (Glow), ``s = 2 tanh(r / 2)``, ``s = 1.272 atan(r)`` (CAFLOW) or
+    ``s = log 2 tanh(r / log 2)`` (``"bounded"``: the scale and its inverse stay below 2).
     The inverse recomputes ``NN(x_a)`` from the untouched half, so it is exact whatever precision
     the net runs in.
 
     Args:
         num_channels: channels of ``x``; the first ``C // 2`` are kept.
         subnet: factory ``(in, out) -> nn.Module``; its last layer should start at zero.
-        scale: ``"sigmoid"``, ``"tanh"`` or ``"atan"``.
+        scale: ``"sigmoid"``, ``"tanh"``, ``"atan"`` or ``"bounded"``.
         cond_channels: channels of a condition feature map concatenated to the subnet input.
 
     Example:
