@@ -271,3 +271,21 @@ def test_tasks_without_a_trivial_answer_have_no_base() -> None:
     assert (inpaint.base(masked) == 0.5).all()
     with pytest.raises(ConfigError, match="no trivial answer"):
         msflow.create_model("caflow-sketch", **TINY_CAFLOW, residual=True)
+
+
+def test_runs_trained_before_the_base_load_as_they_were_trained(tmp_path) -> None:
+    from msflow.cli import main
+    from msflow.train.checkpoint import load_checkpoint, save_checkpoint
+    from msflow.train.run import CHECKPOINT, load_run
+
+    tiny = "model.options={steps: 1, hidden: 8, features: 8, blocks: 1, growth: 4, residual: false}"
+    common = ["train.steps=2", "train.max_seconds=0", "train.batch_size=4", "train.progress=false", "data.test_crops=2"]
+    assert main(["train", "photos-sr2-cflow", *common, tiny, "train.num_samples=0", "--out", str(tmp_path)]) == 0
+    tensors, meta = load_checkpoint(tmp_path / CHECKPOINT)
+    # What a run of the earlier version stored: no residual option anywhere.
+    del meta["config"]["model"]["options"]["residual"], meta["model_spec"]["overrides"]["residual"]
+    save_checkpoint(tmp_path / CHECKPOINT, tensors, meta)
+    model, cfg, _ = load_run(tmp_path)
+    assert not model.residual and cfg.model.options["residual"] is False
+    lr = torch.full((1, 3, 8, 8), 200, dtype=torch.uint8)
+    assert (model.sample(1, 0.0, cond=lr) != 200).float().mean() > 0.5  # centred on 1/2, not on the bicubic base

@@ -83,6 +83,11 @@ def load_data(cfg: Config, split: str) -> ImageDataset | CropStream:
         return get_dataset(d.name, split, root=d.root, pad_to=d.pad_to, downsample=d.downsample)
     if d.pad_to is not None or d.downsample is not None:
         raise ConfigError("data.pad_to and data.downsample apply to plain datasets; a task sets its size by data.crop")
+    if d.name in TASK_ALIASES and d.task not in (None, TASK_ALIASES[d.name]):
+        raise ConfigError(
+            f"data.name={d.name} means data.task={TASK_ALIASES[d.name]}, but data.task is {d.task}: "
+            "set data.name=photos and the task you want"
+        )
     source = "photos" if d.name in TASK_ALIASES else d.name
     return task_data(source, task, split, cfg.train.seed, d.root, d.crop, d.holes, d.masks, d.test_crops)
 

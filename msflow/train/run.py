@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, config_from_dict
 
 CHECKPOINT = "checkpoint.safetensors"
+LEGACY_BASE = "shift.residual"
+"""The buffer that marks a model with a base (msflow.transforms.shift); runs older than it have none."""
 
 
 def checkpoint_path(run: str | Path) -> Path:
@@ -74,6 +77,12 @@ def load_run(
     weights = (
         prefixed(tensors, "ema") if ema and any(k.startswith("ema/") for k in tensors) else prefixed(tensors, "model")
     )
+    if LEGACY_BASE in model.state_dict() and LEGACY_BASE not in weights and "residual" not in overrides:
+        # Trained before super-resolution and colorization flows had their bicubic (grey) base:
+        # that is the same preset with residual=False, so the run loads as it was trained.
+        overrides = {**overrides, "residual": False}
+        model = _build(path, name, overrides)
+        cfg = replace(cfg, model=replace(cfg.model, options=overrides))
     load_weights(model, weights, str(path))
     model.to(device).eval()
     return model, cfg, meta
