@@ -142,16 +142,30 @@ def test_prepare_condition_for_each_task() -> None:
 
 def test_colorize_an_image_of_any_size_and_a_test_pair(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     image = photo(tmp_path / "in.png", (21, 13))
-    out = tmp_path / "c.png"
+    out, panel = tmp_path / "c.png", tmp_path / "panel.png"
     args = ["colorize", str(runs["colorize"]), str(image), "-n", "2", "--best-of", "3", "-o", str(out)]
     assert main([*args, "--json", str(tmp_path / "c.json")]) == 0
     printed = capsys.readouterr().out
     assert "13x21, the best 2 of 3 samples at temperature 0.85" in printed and "PSNR (dB)" in printed
-    with Image.open(out) as best, Image.open(tmp_path / "c_grid.png") as grid:
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.png", "in.png"]  # no file it was not given
+    with Image.open(out) as best:
         assert best.size == (21, 13) and best.mode == "RGB"
-        assert grid.size[0] > 4 * grid.size[1]  # condition, 2 samples, truth in one row
     payload = json.loads((tmp_path / "c.json").read_text())
     assert len(payload["bpd"]) == 2 and payload["bpd"][0] <= payload["bpd"][1] and len(payload["scores"]) == 2
+    assert payload["tiles"] == 1 and payload["panel"] is None
+    assert main([*args, "--panel", str(panel)]) == 0
+    with Image.open(panel) as grid:
+        assert grid.size[0] > 4 * grid.size[1]  # condition, 2 samples, truth in one row
+    assert "in 6 tiles" not in capsys.readouterr().out
+    # a photo larger than a tile: ranked per tile, blended, at its own size
+    big = photo(tmp_path / "big.png", (70, 45))
+    args = ["colorize", str(runs["colorize"]), str(big), "-n", "1", "--best-of", "2", "-o", str(out)]
+    assert main([*args, "--tile", "32", "--overlap", "8"]) == 0
+    assert "45x70, the best 1 of 2 samples at temperature 0.85, ranked per tile in 6 tiles" in capsys.readouterr().out
+    with Image.open(out) as best:
+        assert best.size == (70, 45)
+    assert main([*args, "--tile", "32", "--overlap", "16"]) == 2
+    assert "use a tile of at least" in capsys.readouterr().err
 
     assert main(["colorize", str(runs["colorize"]), "test:5", "-n", "1", "--best-of", "2", "-o", str(out)]) == 0
     assert "PSNR (dB)" in capsys.readouterr().out
@@ -198,11 +212,17 @@ def test_superres_keeps_the_best_of_m(runs: dict[str, Path], tmp_path: Path, cap
     out = tmp_path / "sr.png"
     assert main(["superres", str(runs["superres"]), str(low), "-n", "2", "--best-of", "3", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8x16 input -> the best 2 of 3 x4 samples" in printed
+    assert "8x16 input -> the best 2 of 3 x4 samples" in printed and "LR-PSNR" in printed
     values = [float(v) for v in printed.split("best first: ")[1].splitlines()[0].split(", ")]
     assert len(values) == 2 and values[0] <= values[1]
-    with Image.open(out) as grid:  # input, bicubic, 2 samples of 32x64 in one row
+    with Image.open(out) as best:  # the best sample itself, 4 times the input's sides
+        assert best.size == (64, 32)
+    panel = tmp_path / "panel.png"
+    args = ["superres", str(runs["superres"]), str(low), "-n", "2", "--best-of", "3", "-o", str(out)]
+    assert main([*args, "--panel", str(panel)]) == 0
+    with Image.open(panel) as grid:  # input, bicubic, 2 samples of 32x64 in one row
         assert grid.size[0] > 4 * grid.size[1]
+    capsys.readouterr()
     assert main(["superres", str(runs["superres"]), str(low), "-n", "2", "-o", str(out)]) == 0
     assert "best first" not in capsys.readouterr().out  # --best-of 1: plain samples
     assert main(["superres", str(runs["superres"]), str(low), "-n", "3", "--best-of", "2"]) == 2

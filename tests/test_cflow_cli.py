@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +78,73 @@ def test_superres_of_a_whole_photo_of_odd_size(sr_runs: tuple[Path, Path], tmp_p
     flow, baseline = sr_runs
     low = tmp_path / "low.png"
     Image.new("RGB", (23, 17), (120, 80, 40)).save(low)
-    out = tmp_path / "up.png"
-    assert main(["superres", str(flow), str(low), "-n", "2", "-t", "0.5", "-o", str(out)]) == 0
-    assert "17x23 input -> 2 x2 samples" in capsys.readouterr().out
-    with Image.open(out) as grid:  # input, bicubic, 2 samples, each 46 pixels wide, in one row
+    out, panel, numbers = tmp_path / "up.png", tmp_path / "panel.png", tmp_path / "up.json"
+    args = ["superres", str(flow), str(low), "-n", "2", "-t", "0.5", "-o", str(out)]
+    assert main([*args, "--panel", str(panel), "--json", str(numbers)]) == 0
+    printed = capsys.readouterr().out
+    assert "17x23 input -> 2 x2 samples" in printed and "LR-PSNR" in printed and "tiles" not in printed
+    with Image.open(out) as result:  # -o is the result itself: sample 1, at twice the input's sides
+        assert result.size == (46, 34) and result.mode == "RGB"
+    with Image.open(panel) as grid:  # input, bicubic, 2 samples, each 46 pixels wide, in one row
         assert grid.size[1] < grid.size[0] / 3
+    payload = json.loads(numbers.read_text())
+    assert payload["output"] == [34, 46] and payload["tiles"] == 1 and set(payload["lr_psnr"]) == {
+        "bicubic", "sample 1", "sample 2"
+    }  # fmt: skip
+    assert payload["lr_psnr"]["bicubic"] > 40  # a flat image survives bicubic up and down
+    assert main(["superres", str(flow), str(low), "-o", str(tmp_path / "one.png")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["low.png", "one.png", "panel.png", "up.json", "up.png"]
     assert main(["superres", str(baseline), "chelsea", "--hr", "-n", "1", "-o", str(tmp_path / "b.png")]) == 0
     assert "bicubic" in capsys.readouterr().out
     assert main(["superres", str(flow), str(low), "--scale", "4"]) == 2
     assert "x2 super-resolution, not x4" in capsys.readouterr().err
+    assert main(["superres", str(flow), str(low), "-o", str(out), "--panel", str(out)]) == 2
+    assert "-o and --panel name the same file" in capsys.readouterr().err
+
+
+def peak_rss_of(argv: list[str]) -> int:
+    """Peak resident memory (bytes) of ``python -m msflow ARGV``, in a child of a fresh process."""
+    probe = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "msflow", *argv], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.strip().splitlines()[-1]) * 1024  # Linux reports kilobytes
+
+
+def photo_like(path: Path, side: int) -> Path:
+    """Colour ramps with noise: a photo-sized PNG without a photo's decoding cost in the test."""
+    y, x = np.mgrid[:side, :side]
+    ramps = np.stack([x * 255 // side, y * 255 // side, (x + y) % 256], -1)
+    noise = np.random.default_rng(0).integers(-8, 9, ramps.shape)
+    Image.fromarray((ramps + noise).clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_superres_of_a_large_photo_runs_in_tiles(sr_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    flow, _ = sr_runs
+    out, numbers = tmp_path / "up.png", tmp_path / "up.json"
+    args = ["superres", str(flow), str(photo_like(tmp_path / "in.png", 600)), "-o", str(out), "--json", str(numbers)]
+    peak = peak_rss_of(args)
+    with Image.open(out) as result:
+        assert result.size == (1200, 1200)
+    payload = json.loads(numbers.read_text())
+    assert payload["tiles"] == 4 and payload["output"] == [1200, 1200] and payload["lr_psnr"]["sample 1"] > 15
+    assert peak < 1.5e9, f"peak RSS {peak / 1e9:.2f} GB"
+
+
+@pytest.mark.slow
+def test_superres_of_a_3000x3000_photo_stays_within_3_gb(sr_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Issue 21's bound: x2 of a 3000x3000 input (a 6000x6000 output, 49 tiles) within 3 GB peak RSS."""
+    flow, _ = sr_runs
+    out = tmp_path / "up.png"
+    peak = peak_rss_of(["superres", str(flow), str(photo_like(tmp_path / "in.png", 3000)), "-o", str(out)])
+    with Image.open(out) as result:
+        assert result.size == (6000, 6000)
+    assert peak < 3e9, f"peak RSS {peak / 1e9:.2f} GB"
 
 
 def test_sr_table_prints_every_method(sr_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:

@@ -120,7 +120,10 @@ def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Pa
     coarse = get_dataset("digits8", "test").images[0, 0].numpy()[::2, ::2]  # a 4x4 image
     Image.fromarray(coarse).save(tmp_path / "c.png")
     grid_path = tmp_path / "sr.png"
-    assert main(["superres", str(out), str(tmp_path / "c.png"), "-n", "3", "-o", str(grid_path)]) == 0
+    result = tmp_path / "up.png"
+    args = ["superres", str(out), str(tmp_path / "c.png"), "-n", "3", "-o", str(result), "--panel", str(grid_path)]
+    assert main(args) == 0
+    assert Image.open(result).size == (8, 8)  # -o: sample 1 itself
     grid = np.asarray(Image.open(grid_path))
     scale = 96 // 8
     assert grid.shape == ((8 + 2 + 2) * scale, (5 * 10 + 2) * scale)  # input, bicubic, 3 samples in one row
@@ -129,7 +132,8 @@ def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Pa
     assert main(["superres", str(out), str(tmp_path / "c.png"), "--scale", "4"]) == 2
     assert "can super-resolve up to x2, not x4" in capsys.readouterr().err
     # A bundled held-out photo of any size, as the ground truth: reduced, refined and scored.
-    assert main(["superres", str(out), "chelsea", "--hr", "-n", "2", "-o", str(tmp_path / "cat.png")]) == 0
+    args = ["superres", str(out), "chelsea", "--hr", "-n", "2", "-o", str(tmp_path / "up.png")]
+    assert main([*args, "--panel", str(tmp_path / "cat.png")]) == 0
     text = capsys.readouterr().out
     assert "300x450 ground truth reduced to 150x225" in text
     rows = {

@@ -20,6 +20,7 @@ from msflow.cli._common import (
     temperature_arg,
     write_json,
 )
+from msflow.cli.translate_cmds import distinct_outputs, tiling_args
 from msflow.errors import ConfigError, MsflowError
 
 
@@ -87,9 +88,11 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         write_json(args.json, {"run": str(args.run), "steps": args.steps, "iters": args.iters, "pairs": rows})
 
 
-def _superres_image(name: str, channels: int) -> torch.Tensor:
-    """A path, or the name of a bundled photo (``chelsea``), loaded at its own size."""
+def _superres_image(name: str, channels: int, scale: int, n: int, hr: bool) -> torch.Tensor:
+    """A path, or the name of a bundled photo (``chelsea``), loaded at its own size; an image whose
+    output would be too large is refused from its header, before it is decoded."""
     from msflow.analysis import load_image
+    from msflow.analysis.superres import check_output_size
     from msflow.data.folder import image_header
     from msflow.data.photos import PHOTO_SPLIT, photo_path
 
@@ -98,6 +101,7 @@ def _superres_image(name: str, channels: int) -> torch.Tensor:
         path = photo_path(name)
     if path.is_file():
         (w, h), _ = image_header(path)
+        check_output_size(*((h // scale, w // scale) if hr else (h, w)), scale, n)
         return load_image(path, (channels, h, w))
     return load_image(path, (channels, 1, 1))  # raises the usual "no image file" error
 
@@ -106,10 +110,11 @@ def cmd_superres(args: argparse.Namespace) -> None:
     from msflow.analysis.superres import superres
     from msflow.train.evaluate import resolve_device
     from msflow.train.run import load_run
-    from msflow.viz import save_grid
+    from msflow.viz import save_grid, save_image
 
     if 1 < args.best_of < args.n:
         raise ConfigError(f"--best-of {args.best_of} draws fewer samples than -n {args.n} keeps: raise --best-of")
+    distinct_outputs(args)
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
     conditional = getattr(model, "task", None) == "superres"
     if not hasattr(model, "superres") and not conditional:
@@ -119,29 +124,49 @@ def cmd_superres(args: argparse.Namespace) -> None:
             "(cflow-sr*, factorized-sr*, caflow-sr4) or a multi-resolution one (mrcnf-*)"
         )
     model.eval()
-    image = _superres_image(args.image, model.image_shape[0])
-    generator = torch.Generator().manual_seed(args.seed)
     factor = model.scale if conditional else args.scale or 2
+    image = _superres_image(args.image, model.image_shape[0], factor, args.n, args.hr)
+    generator = torch.Generator().manual_seed(args.seed)
     out = superres(
-        model, image, args.scale if conditional else factor, args.temperature, args.n, generator, args.hr, args.best_of
-    )
+        model, image, args.scale if conditional else factor, args.temperature, args.n, generator, args.hr,
+        args.best_of, args.tile, args.overlap, progress=True,
+    )  # fmt: skip
     h, w = out.low.shape[-2:]
-    big = out.low.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
-    panels = [big, out.bicubic, *out.samples] + ([out.truth] if out.truth is not None else [])
-    scale = max(1, 96 // (w * factor))
-    path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=scale)
+    result = save_image(out.samples[0], args.output)
     what = f"{h * factor}x{w * factor} ground truth reduced to {h}x{w}" if args.hr else f"{h}x{w} input"
     kept = f"the best {args.n} of {args.best_of}" if out.bpd is not None else str(args.n)
-    print(f"{args.image}: {what} -> {kept} x{factor} samples at temperature {args.temperature}")
-    print(f"wrote {path}: input (enlarged), bicubic, the samples" + (", the ground truth" if args.hr else ""))
+    tiles = f", in {out.tiles} tiles of at most {args.tile} pixels" if out.tiles > 1 else ""
+    print(f"{args.image}: {what} -> {kept} x{factor} samples at temperature {args.temperature}{tiles}")
+    best = f" (the best of {args.best_of}{' per tile' if out.tiles > 1 else ''})" if out.bpd is not None else ""
+    print(f"wrote {result}: sample 1{best}, {h * factor}x{w * factor}")
+    panel = None
+    if args.panel:
+        panels = [out.low.repeat_interleave(factor, -1).repeat_interleave(factor, -2), out.bicubic, *out.samples]
+        panels += [out.truth] if out.truth is not None else []
+        panel = save_grid(torch.stack(panels), args.panel, nrow=len(panels), scale=max(1, 96 // (w * factor)))
+        print(f"wrote {panel}: input (enlarged), bicubic, the samples" + (", the ground truth" if args.hr else ""))
     if not conditional:
         print(f"every {factor}x{factor} block of a sample averages to its input pixel before quantization")
     if out.bpd is not None:
         print("conditional bits/dim of the samples, best first: " + ", ".join(f"{b:.4f}" for b in out.bpd.tolist()))
+    reduced = "antialiased bicubic" if conditional else "block averages"
+    print(
+        f"LR-PSNR (the output reduced x{factor} by {reduced}, against the input): "
+        + ", ".join(f"{name} {value:.2f} dB" for name, value in out.lr_psnr.items())
+    )
     if out.scores:
         print(f"{'':<10} {'PSNR (dB)':>10} {'SSIM':>7}")
         for name, (p, q) in out.scores.items():
             print(f"{name:<10} {p:>10.2f} {q:>7.4f}")
+    if args.json:
+        payload = {"run": str(args.run), "image": args.image, "scale": factor, "temperature": args.temperature}
+        payload |= {"n": args.n, "best_of": args.best_of, "seed": args.seed, "hr": args.hr}
+        payload |= {"input": [h, w], "output": [h * factor, w * factor], "tiles": out.tiles}
+        payload |= {"tile": args.tile, "overlap": args.overlap, "lr_psnr": out.lr_psnr}
+        payload["scores"] = {name: {"psnr": p, "ssim": q} for name, (p, q) in out.scores.items()}
+        payload["bpd"] = out.bpd.tolist() if out.bpd is not None else None
+        payload |= {"output_file": str(result), "panel": str(panel) if panel else None}
+        write_json(args.json, payload)
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
@@ -202,13 +227,22 @@ def register(sub: Any) -> None:
     p.add_argument("--scale", type=int, choices=[2, 4], help="mrcnf: 2 (default) or 4; conditional models: their own")
     p.add_argument("--hr", action="store_true", help="the image is the ground truth: reduce it, then score PSNR/SSIM")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0)
-    p.add_argument("-n", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=8)
+    p.add_argument(
+        "-n", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=1,
+        help="samples drawn (default 1): -o writes the first, --panel shows all, --hr scores each",
+    )  # fmt: skip
     p.add_argument(
         "--best-of", type=int_range(1, 1000, "a number of samples in [1, 1000]"), default=1, metavar="M",
         help="CAFLOW: draw M >= n samples and keep the n of highest conditional likelihood (default 1: no ranking)",
     )  # fmt: skip
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("-o", "--output", type=output_file, default="superres.png")
+    p.add_argument(
+        "-o", "--output", type=output_file, default="superres.png",
+        help="the result image: sample 1 (the best one with --best-of), at full size (default superres.png)",
+    )  # fmt: skip
+    p.add_argument("--panel", type=output_file, metavar="PATH", help="also write input, bicubic, samples (and truth)")
+    tiling_args(p)
+    p.add_argument("--json", type=output_file, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_superres)
 

@@ -47,8 +47,9 @@ def _load(runs: list[str], device: str | None, task: str | None) -> list[tuple[A
     return loaded
 
 
-def _image(spec: str, scale: int) -> torch.Tensor:
-    """An image file or a bundled photo's name, in its own channels (grey or RGB) and size."""
+def _image(spec: str, scale: int, n: int = 1) -> torch.Tensor:
+    """An image file or a bundled photo's name, in its own channels (grey or RGB) and size; one whose
+    ``n`` outputs would be too large is refused from its header, before it is decoded."""
     from msflow.analysis import load_image
     from msflow.analysis.superres import check_output_size
     from msflow.data.folder import image_header, read_image
@@ -60,7 +61,7 @@ def _image(spec: str, scale: int) -> torch.Tensor:
     if not path.is_file():
         load_image(path, (3, 1, 1))  # raises the usual "no image file" error
     (w, h), _ = image_header(path)
-    check_output_size(h, w, scale)  # before decoding: a huge image is refused from its header
+    check_output_size(h, w, scale, n)
     return torch.from_numpy(read_image(path)).permute(2, 0, 1).contiguous()
 
 
@@ -84,32 +85,38 @@ def _input(args: argparse.Namespace, model: Any, cfg: Any, mask: torch.Tensor | 
         test = load_data(cfg, "test")
         k = int_range(0, len(test) - 1, f"a test index in [0, {len(test) - 1}]")(args.input[5:])
         return test.conds[k], test.images[k]
-    return prepare_condition(model, _image(args.input, model.scale), mask)
+    return prepare_condition(model, _image(args.input, model.scale, args.n), mask)
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
-    from msflow.analysis.translate import TEMPERATURES, best_of, fidelity, show_condition
+    from msflow.analysis.tiling import tiled_best_of
+    from msflow.analysis.translate import TEMPERATURES, fidelity, show_condition
     from msflow.viz import save_grid, save_image
 
     task = COMMANDS[args.command][0]
     if args.best_of < args.n:
         raise ConfigError(f"--best-of {args.best_of} draws fewer samples than -n {args.n} keeps: raise --best-of")
+    distinct_outputs(args)
     mask = _mask(getattr(args, "mask", None))
     ((model, cfg),) = _load([args.run], args.device, task)
     cond, truth = _input(args, model, cfg, mask)
     temperature = TEMPERATURES[task] if args.temperature is None else args.temperature
     gen = torch.Generator().manual_seed(args.seed)
-    samples, bpd = best_of(model, cond[None], args.n, args.best_of, temperature, gen, score_seed=args.seed)
-    out = save_image(samples[0], args.output)
-    panels = [show_condition(model, cond), *samples] + ([truth] if truth is not None else [])
-    grid = Path(args.output).with_name(f"{Path(args.output).stem}_grid.png")
-    save_grid(torch.stack(panels), grid, nrow=len(panels), scale=max(1, 96 // samples.shape[-1]))
-    h, w = samples.shape[-2:]
-    print(f"{args.input}: {h}x{w}, the best {args.n} of {args.best_of} samples at temperature {temperature:g}")
-    print(
-        f"wrote {out} (the best sample) and {grid}: condition, samples best first"
-        + (", truth" if truth is not None else "")
+    samples, bpd, tiles = tiled_best_of(
+        model, cond, args.n, args.best_of, temperature, gen, args.seed, args.tile, args.overlap, progress=True
     )
+    out = save_image(samples[0], args.output)
+    h, w = samples.shape[-2:]
+    per_tile = f", ranked per tile in {tiles} tiles of at most {args.tile} pixels" if tiles > 1 else ""
+    print(
+        f"{args.input}: {h}x{w}, the best {args.n} of {args.best_of} samples at temperature {temperature:g}{per_tile}"
+    )
+    print(f"wrote {out}: the best sample, {h}x{w}")
+    panel = None
+    if args.panel:
+        panels = [show_condition(model, cond), *samples] + ([truth] if truth is not None else [])
+        panel = save_grid(torch.stack(panels), args.panel, nrow=len(panels), scale=max(1, 96 // samples.shape[-1]))
+        print(f"wrote {panel}: condition, samples best first" + (", truth" if truth is not None else ""))
     scores = [fidelity(s, truth) for s in samples] if truth is not None else []
     header = f"{'sample':<8} {'cond bits/dim':>13}" + (f" {'PSNR (dB)':>10} {'SSIM':>7} {'RMSE':>7}" if scores else "")
     print(header)
@@ -121,6 +128,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
     if args.json:
         payload = {"run": str(args.run), "input": args.input, "task": task, "temperature": temperature}
         payload |= {"n": args.n, "best_of": args.best_of, "seed": args.seed, "bpd": bpd.tolist(), "scores": scores}
+        payload |= {"size": [h, w], "tiles": tiles, "tile": args.tile, "overlap": args.overlap}
+        payload |= {"output_file": str(out), "panel": str(panel) if panel else None}
         write_json(args.json, payload)
 
 
@@ -186,9 +195,35 @@ def _common(p: argparse.ArgumentParser, output: str) -> None:
     )  # fmt: skip
     p.add_argument("--temperature", "-t", type=temperature_arg, help="sampling temperature (default: the paper's)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the samples and the scoring noise")
-    p.add_argument("-o", "--output", type=output_file, default=output, help="the best sample; OUT_grid.png: all")
+    p.add_argument("-o", "--output", type=output_file, default=output, help=f"the best sample (default {output})")
+    p.add_argument(
+        "--panel", type=output_file, metavar="PATH", help="also write the condition, the samples best first (and truth)"
+    )
+    tiling_args(p)
     p.add_argument("--json", type=output_file, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
+def distinct_outputs(args: argparse.Namespace) -> None:
+    """Refuse ``--panel`` and ``--json`` at the path of ``-o``: one file would overwrite the other."""
+    for option in ("panel", "json"):
+        if getattr(args, option) and Path(getattr(args, option)).resolve() == Path(args.output).resolve():
+            raise ConfigError(f"-o and --{option} name the same file {args.output}: give --{option} another path")
+
+
+def tiling_args(p: argparse.ArgumentParser) -> None:
+    """``--tile`` and ``--overlap``: inputs whose output exceeds a tile on a side run in tiles
+    (:mod:`msflow.analysis.tiling`)."""
+    from msflow.analysis.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+
+    p.add_argument(
+        "--tile", type=int_range(16, 2**16, "a tile side in output pixels in [16, 65536]"), default=DEFAULT_TILE,
+        metavar="PX", help=f"outputs larger than PX on a side run in overlapping tiles of PX (default {DEFAULT_TILE})",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=int_range(0, 2**15, "an overlap in output pixels >= 0"), default=DEFAULT_OVERLAP,
+        metavar="PX", help=f"output pixels neighbouring tiles share, below half a tile (default {DEFAULT_OVERLAP})",
+    )  # fmt: skip
 
 
 def register(sub: Any) -> None:
