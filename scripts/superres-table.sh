@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Winkler et al. Table 2 on the bundled photos: train the x2 conditional flow and the factorized
 # baseline side by side (one core each, 720 CPU seconds each), then score bicubic, the baseline
-# and the flow at temperatures 0, 0.5 and 0.8 on the 5 held-out photos. About 17 minutes on 2 cores
-# (measured: training 14 min 33 s beside other work, final evaluations, then the table 2 min 8 s).
+# and the flow at temperatures 0, 0.5 and 0.8 on the 4 held-out photos. About 17 minutes on 2 cores
+# (earlier measurement, before the table gained a best-of-10 row: training 14 min 33 s beside other work).
 # Usage: bash scripts/superres-table.sh [RUNS_FOLDER]   (default runs/superres-x2)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -61,7 +61,7 @@ def test_training_logs_conditional_bits_per_dim_and_writes_a_pair_grid(sr_runs: 
         assert [r["step"] for r in records if "loss_bpd" in r] == [1, 2, 3]
         final = [r for r in records if r.get("final")][0]
         results = json.loads((run / "results.json").read_text())
-        assert results["n"] == 1118 and final["test_bpd"] == results["bpd"]
+        assert results["n"] == 510 and final["test_bpd"] == results["bpd"]  # 4 test photos, <= 128 crops each
         with Image.open(run / "samples" / "final.png") as grid:
             # a row per test pair: condition, 2 samples at each of 3 temperatures, ground truth
             assert grid.size[0] > 7 * grid.size[1] / 2
@@ -150,15 +150,19 @@ def test_superres_of_a_3000x3000_photo_stays_within_3_gb(sr_runs: tuple[Path, Pa
 def test_sr_table_prints_every_method(sr_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     flow, baseline = sr_runs
     table = tmp_path / "table.json"
-    args = ["sr-table", str(flow), str(baseline), "--photos", "chelsea", "--temperatures", "0", "0.8"]
+    args = ["sr-table", str(flow), str(baseline), "--photos", "chelsea", "--temperatures", "0", "0.8", "--best-of", "2"]
     assert main([*args, "--json", str(table), "-o", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr().out
-    with Image.open(tmp_path / "t.png") as grid:  # LR, bicubic, mode, 2 temperatures, truth in one row
+    with Image.open(tmp_path / "t.png") as grid:  # bicubic, mode, 2 temperatures, best of 2, truth in one row
         assert grid.size[0] > 5 * grid.size[1]
-    for method in ("bicubic", "factorized (mode)", "flow, T = 0 ", "flow, T = 0.8"):
+    for method in ("bicubic", "factorized (mode)", "flow, T = 0 ", "flow, T = 0.8", "flow, best of 2", "truth"):
         assert method in out
-    rows = json.loads(table.read_text())["rows"]
-    assert [r["method"] for r in rows][0] == "bicubic" and all(r["psnr"] > 10 and r["detail"] > 0 for r in rows)
+    rows = {r["method"]: r for r in json.loads(table.read_text())["rows"]}
+    assert list(rows)[0] == "bicubic" and rows["truth"]["detail"] == 1 and rows["truth"]["psnr"] is None
+    scored = [r for name, r in rows.items() if name != "truth"]
+    assert all(r["psnr"] > 10 and r["detail"] > 0 and r["lr_psnr"] > 10 and 0 <= r["saturated"] < 1 for r in scored)
+    # An untrained-or-barely-trained flow at T = 0 is its bicubic base: the two agree closely.
+    assert abs(rows["flow, T = 0"]["psnr"] - rows["bicubic"]["psnr"]) < 1.0
     assert main(["sr-table", str(flow), "--photos", "astronaut"]) == 2  # a training photo
     assert "not held-out photos" in capsys.readouterr().err
 
@@ -182,14 +186,14 @@ def test_segment_and_seg_table(seg_runs: list[Path], tmp_path: Path, capsys) -> 
 
 
 def test_mismatched_model_and_data_are_refused(tmp_path: Path, capsys) -> None:
-    assert (
-        main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=photos-sr4", "--out", str(tmp_path / "a")])
-        == 2
-    )
+    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.task=sr4", "--out", str(tmp_path / "a")]) == 2
     assert "expects 3x16x16; choose the preset" in capsys.readouterr().err
-    assert (
-        main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=mnist5k", "--out", str(tmp_path / "b")]) == 2
-    )
+    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=photos-sr4", "--out", str(tmp_path)]) == 2
+    assert "data.name=photos-sr4 means data.task=sr4, but data.task is sr2" in capsys.readouterr().err
+    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, "data.name=mnist5k", "--out", str(tmp_path)]) == 2
+    assert "set data.name to one of photos, folder, shapes-seg" in capsys.readouterr().err
+    overrides = ["data.name=mnist5k", "data.task=null"]
+    assert main(["train", "photos-sr2-cflow", *COMMON, SR_OPTIONS, *overrides, "--out", str(tmp_path / "b")]) == 2
     assert "needs a paired dataset" in capsys.readouterr().err
     assert main(["train", "mnist5k-glow", *COMMON, "data.name=shapes-seg", "--out", str(tmp_path / "c")]) == 2
     assert "train a conditional model" in capsys.readouterr().err

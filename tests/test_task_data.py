@@ -14,7 +14,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from runs import SUBPROCESS_ENV, TIMEOUT, msflow_command, run_msflow
 
 from msflow.cli import main
 from msflow.data.batches import StepBatches
@@ -28,6 +27,7 @@ from msflow.data.translation import central_mask, sketch_edges, to_grey
 from msflow.errors import DataError
 from msflow.train.checkpoint import load_checkpoint
 from msflow.train.run import CHECKPOINT
+from runs import SUBPROCESS_ENV, TIMEOUT, msflow_command, run_msflow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TASK_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if "task" in (yaml.safe_load(p.read_text())["data"]))
@@ -261,3 +261,27 @@ def test_streamed_run_killed_mid_run_resumes_bit_for_bit(tmp_path: Path) -> None
     resumed, meta = load_checkpoint(run_dir / CHECKPOINT)
     assert meta["step"] == 30 and set(whole) == set(resumed)
     assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+
+
+def test_task_table_scores_colorization_of_whole_photos_against_the_grey_input(tmp_path: Path, capsys) -> None:
+    import json
+
+    run = tmp_path / "colorize"
+    assert (
+        main(["train", "photos-colorize-caflow", *COMMON, *_tiny_options("photos-colorize-caflow"), "--out", str(run)])
+        == 0
+    )
+    out = tmp_path / "table.json"
+    args = ["task-table", str(run), "--photos", "rocket", "--temperatures", "0", "--best-of", "2", "--json", str(out)]
+    assert main([*args, "-o", str(tmp_path / "grid.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "colorize of the 1 held-out photos (rocket)" in printed and "colour error" in printed
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["grey input", "colorize, T = 0", "colorize, best of 2", "truth"]
+    grey = rows["grey input"]
+    assert grey["colour_error"] > 3 and grey["lr_psnr"] is None and grey["bpd"] is None
+    # The colorization flow keeps the given luma: at T = 0 an (almost) untrained one returns the grey input.
+    assert abs(rows["colorize, T = 0"]["colour_error"] - grey["colour_error"]) < 1.0
+    assert rows["colorize, T = 0"]["bpd"] > 0
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[0] > 3 * grid.size[1]

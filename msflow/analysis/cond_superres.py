@@ -1,28 +1,22 @@
-"""Super-resolution with a conditional model (a flow or the factorized baseline) on images of any size,
-and the held-out-photo comparison of Winkler et al.'s Table 2.
+"""Super-resolution with a conditional model (a flow or the factorized baseline) on images of any size.
 
-The models are convolutional, so a whole photo goes through in one piece: the low-resolution
-input is padded at the right and bottom (edge pixels repeated) to a size the flow's squeezes
-accept, and the output is cropped back, as the paper does with zero padding at test time.
+The models are convolutional, so an image goes through in one piece: the low-resolution input
+is padded at the right and bottom (edge pixels repeated) to a size the flow's squeezes accept,
+and the output is cropped back, as the paper does with zero padding at test time. Large inputs
+go through tiles (:mod:`msflow.analysis.tiling`); Table 2 on the held-out photos is
+:mod:`msflow.analysis.task_eval`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msflow.core import evaluation_context
-from msflow.data.pairs import downscale_bicubic
 from msflow.errors import ShapeError
-from msflow.metrics.fidelity import detail_ratio, psnr, ssim
-from msflow.viz import save_grid
 
 
 def input_multiple(model: nn.Module) -> int:
@@ -95,121 +89,3 @@ def crop_for(model: nn.Module, hr: Tensor) -> Tensor:
     if h == 0 or w == 0:
         raise ShapeError(f"a {hr.shape[-2]}x{hr.shape[-1]} image is smaller than the model's {m}-pixel unit")
     return hr[..., :h, :w]
-
-
-@dataclass
-class TableRow:
-    """One method's means over the photos: bits/dim (``nan`` where a method has none), PSNR, SSIM
-    (RGB and luma), and the high-frequency detail relative to the truth (:func:`detail_ratio`)."""
-
-    method: str
-    bpd: float
-    psnr: float
-    ssim: float
-    psnr_y: float
-    ssim_y: float
-    detail: float
-
-
-def _scores(images: Sequence[Tensor], truths: Sequence[Tensor]) -> list[float]:
-    pairs = list(zip(images, truths, strict=True))
-    metrics = [partial(psnr, luminance=False), partial(ssim, luminance=False), partial(psnr, luminance=True)]
-    metrics += [partial(ssim, luminance=True), detail_ratio]
-    return [sum(f(a, b) for a, b in pairs) / len(pairs) for f in metrics]
-
-
-@torch.no_grad()
-def superres_table(
-    flow: nn.Module,
-    baseline: nn.Module | None,
-    photos: dict[str, tuple[Tensor, Tensor]],
-    temperatures: Sequence[float] = (0.0, 0.5, 0.8),
-    seed: int = 0,
-) -> list[TableRow]:
-    """Table 2 on whole photos: bicubic, the factorized baseline's mode, and one flow sample per temperature.
-
-    Args:
-        flow: a conditional super-resolution flow.
-        baseline: the factorized baseline of the same scale (or ``None``).
-        photos: ``name -> (HR (1, C, H, W), LR (1, C, H/s, W/s))`` uint8 pairs (see
-            :func:`msflow.data.pairs.photo_pairs`); each pair is cropped to sides both models take.
-        temperatures: flow sampling temperatures; 0 maps the prior's mean.
-        seed: seeds the dequantization noise and the samples.
-
-    Bits/dim are means over photos of each photo's conditional bits/dim; PSNR and SSIM compare
-    uint8 RGB images without border crop (PSNR-Y, SSIM-Y: ITU-R 601 luma).
-    """
-    from msflow.analysis.superres import bicubic
-
-    scale = flow.scale
-    crops = {}
-    for name, (hr, _) in photos.items():
-        truth = crop_for(flow, hr[0])
-        # LR of the crop by the data's own bicubic reduction, not a crop of the photo's LR,
-        # so that the pair is exactly what a model trained on these pairs would see.
-        crops[name] = (truth, downscale_bicubic(truth[None], scale)[0])
-    truths = [t for t, _ in crops.values()]
-
-    def bpd_of(model: nn.Module) -> float:
-        gen = torch.Generator().manual_seed(seed)
-        device = next(model.parameters()).device
-        with evaluation_context(model):
-            values = [
-                model.bits_per_dim(t[None].to(device), low[None].to(device), gen).item() for t, low in crops.values()
-            ]
-        return sum(values) / len(values)
-
-    rows = [TableRow("bicubic", math.nan, *_scores([bicubic(low, scale) for _, low in crops.values()], truths))]
-    if baseline is not None:
-        modes = [upscale(baseline, low, 1, 0.0)[0] for _, low in crops.values()]
-        rows.append(TableRow("factorized (mode)", bpd_of(baseline), *_scores(modes, truths)))
-    flow_bpd = bpd_of(flow)
-    for t in temperatures:
-        gen = torch.Generator().manual_seed(seed)
-        samples = [upscale(flow, low, 1, t, gen)[0] for _, low in crops.values()]
-        rows.append(TableRow(f"flow, T = {t:g}", flow_bpd, *_scores(samples, truths)))
-    return rows
-
-
-def format_table(rows: Sequence[TableRow], title: str) -> str:
-    """The rows as a markdown table."""
-    lines = [
-        f"{title}",
-        "",
-        "| method | bits/dim | PSNR (dB) | SSIM | PSNR-Y (dB) | SSIM-Y | detail (truth = 1) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        bpd = "-" if math.isnan(r.bpd) else f"{r.bpd:.4f}"
-        scores = f"{r.psnr:.2f} | {r.ssim:.4f} | {r.psnr_y:.2f} | {r.ssim_y:.4f} | {r.detail:.3f}"
-        lines.append(f"| {r.method} | {bpd} | {scores} |")
-    return "\n".join(lines)
-
-
-@torch.no_grad()
-def temperature_grid(
-    flow: nn.Module,
-    baseline: nn.Module | None,
-    truth: Tensor,
-    path: str | Path,
-    temperatures: Sequence[float] = (0.0, 0.5, 0.8),
-    seed: int = 0,
-    size: int = 64,
-) -> Path:
-    """Figure 3: a central crop of one photo as LR (enlarged), bicubic, the baseline's mode,
-    the flow at each temperature, and the truth, in one row."""
-    from msflow.analysis.superres import bicubic
-
-    s = flow.scale
-    side = max(input_multiple(flow) * s, size // (input_multiple(flow) * s) * input_multiple(flow) * s)
-    h, w = truth.shape[-2:]
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = crop_for(flow, truth[:, top : top + side, left : left + side])
-    low = downscale_bicubic(crop[None], s)[0]
-    panels = [low.repeat_interleave(s, -1).repeat_interleave(s, -2), bicubic(low, s)]
-    if baseline is not None:
-        panels.append(upscale(baseline, low, 1, 0.0)[0])
-    for t in temperatures:
-        panels.append(upscale(flow, low, 1, t, torch.Generator().manual_seed(seed))[0])
-    panels.append(crop)
-    return save_grid(torch.stack(panels), path, nrow=len(panels), scale=max(1, 128 // crop.shape[-1]))

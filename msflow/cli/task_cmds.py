@@ -1,4 +1,4 @@
-"""``msflow segment | sr-table | seg-table``: conditional image-to-image tasks (Winkler et al.)."""
+"""``msflow segment | task-table | sr-table | seg-table``: conditional image-to-image tasks (papers 002, 003)."""
 
 from __future__ import annotations
 
@@ -67,34 +67,36 @@ def cmd_segment(args: argparse.Namespace) -> None:
         print(f"max F-score of the mean against the true mask: {best.f:.4f} (threshold {best.threshold:.3f})")
 
 
-def cmd_sr_table(args: argparse.Namespace) -> None:
-    from msflow.analysis.cond_superres import format_table, superres_table, temperature_grid
-    from msflow.data.pairs import photo_pairs
+def cmd_task_table(args: argparse.Namespace) -> None:
+    from msflow.analysis.task_eval import evaluate_task, format_rows, held_out_photos, rows_json
+    from msflow.train.evaluate import resolve_device
+    from msflow.train.run import load_run
 
-    flow, _ = _load(args.flow_run, args.device, "superres")
-    baseline = _load(args.baseline_run, args.device, "superres")[0] if args.baseline_run else None
-    if baseline is not None and baseline.scale != flow.scale:
-        raise ConfigError(
-            f"the flow does x{flow.scale} and the baseline x{baseline.scale}; compare models of one scale"
-        )
-    photos = photo_pairs("test", flow.scale)
+    device = resolve_device(args.device or "auto")
+    flows = {Path(run).name: load_run(run, device)[0].eval() for run in args.runs}
+    baseline = load_run(args.baseline, device)[0].eval() if args.baseline else None
+    scale = next(iter(flows.values())).scale
+    photos = held_out_photos(scale)
     if args.photos:
         unknown = sorted(set(args.photos) - set(photos))
         if unknown:
             raise ConfigError(f"not held-out photos: {', '.join(unknown)}; choose from {', '.join(photos)}")
         photos = {k: photos[k] for k in args.photos}
-    rows = superres_table(flow, baseline, photos, args.temperatures, args.seed)
-    title = (
-        f"x{flow.scale} super-resolution of the {len(photos)} held-out photos ({', '.join(photos)}), means per photo"
+    rows = evaluate_task(
+        flows, photos, baseline, args.temperatures, args.best_of, args.best_temperature, args.seed, args.output
     )
-    print(format_table(rows, title))
-    first = next(iter(photos))
-    grid = temperature_grid(flow, baseline, photos[first][0][0], args.output, args.temperatures, args.seed)
-    shown = "LR (enlarged), bicubic, " + ("factorized mode, " if baseline is not None else "")
-    temps = ", ".join(map(str, args.temperatures))
-    print(f"\nwrote {grid}: a central crop of {first}: {shown}the flow at T = {temps}, the truth")
+    task = next(iter(flows.values())).task
+    what = f"x{scale} super-resolution" if task == "superres" else task
+    title = f"{what} of the {len(photos)} held-out photos ({', '.join(photos)}), whole, means per photo"
+    print(format_rows(rows, title))
+    print(f"\nwrote {args.output}: a central crop of each photo under each method (a row per photo)")
     if args.json:
-        write_json(args.json, {"photos": list(photos), "rows": [vars(r) for r in rows]})
+        write_json(args.json, {"task": task, "scale": scale, "photos": list(photos), "rows": rows_json(rows)})
+
+
+def cmd_sr_table(args: argparse.Namespace) -> None:
+    args.runs, args.baseline = [args.flow_run], args.baseline_run
+    cmd_task_table(args)
 
 
 def cmd_seg_table(args: argparse.Namespace) -> None:
@@ -127,6 +129,19 @@ def cmd_seg_table(args: argparse.Namespace) -> None:
         write_json(args.json, payload)
 
 
+def _table_options(p: argparse.ArgumentParser, grid: str) -> None:
+    p.add_argument("--temperatures", type=temperature_arg, nargs="+", default=[0.0, 0.5, 0.8])
+    p.add_argument(
+        "--best-of", type=int_range(0, 100, "a number of samples in [0, 100]"), default=10, help="0: no best-of row"
+    )
+    p.add_argument("--best-temperature", type=temperature_arg, default=0.8, help="temperature of the best-of samples")
+    p.add_argument("--photos", nargs="+", metavar="NAME", help="a subset of the held-out photos")
+    p.add_argument("-o", "--output", type=output_file, default=grid, help="grid: central crops, a row per photo")
+    p.add_argument("--seed", type=seed_arg, default=0)
+    p.add_argument("--json", type=output_file, help="also write the rows here")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+
 def register(sub: Any) -> None:
     """Add this module's subcommands to ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("segment", help="segment an image with a conditional model: mean of sampled masks, thresholded")
@@ -139,15 +154,18 @@ def register(sub: Any) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("sr-table", help="Table 2: bicubic, factorized baseline and flow on the held-out photos")
+    p = sub.add_parser(
+        "task-table", help="super-resolution or colorization runs on the whole held-out photos vs the trivial answer"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="flows of one task and scale (cflow-sr*, caflow-*)")
+    p.add_argument("--baseline", metavar="RUN", help="a factorized baseline of the same scale")
+    _table_options(p, "task_table.png")
+    p.set_defaults(func=cmd_task_table)
+
+    p = sub.add_parser("sr-table", help="Table 2: bicubic, factorized baseline and flow (task-table of one flow)")
     p.add_argument("flow_run", metavar="FLOW_RUN")
     p.add_argument("baseline_run", metavar="BASELINE_RUN", nargs="?")
-    p.add_argument("--temperatures", type=temperature_arg, nargs="+", default=[0.0, 0.5, 0.8])
-    p.add_argument("--photos", nargs="+", metavar="NAME", help="a subset of the held-out photos")
-    p.add_argument("-o", "--output", type=output_file, default="superres_temperatures.png", help="Figure 3 grid")
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--json", type=output_file, help="also write the rows here")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _table_options(p, "superres_temperatures.png")
     p.set_defaults(func=cmd_sr_table)
 
     p = sub.add_parser(
