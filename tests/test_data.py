@@ -466,3 +466,24 @@ def test_folder_modes(tmp_path):
     rgb = get_dataset("folder", "train", root=tmp_path / "rgb")
     assert rgb.image_shape == (3, 2, 2)
     assert [rgb.images[i, :, 0, 0].tolist() for i in range(3)] == [[10, 20, 30], [1, 2, 3], [9, 9, 9]]
+
+
+def test_npz_training_split_is_memory_mapped_and_matches_a_full_read(tmp_path):
+    from msflow.data.batches import StepBatches
+    from msflow.data.dataset import ShardedImages
+
+    stored, packed = tmp_path / "stored", tmp_path / "packed"
+    for k in (1, 2, 3):
+        data = write_npz(stored / f"train_data_batch_{k}.npz", 5 + k, 32, first_label=k)
+        packed.mkdir(exist_ok=True)
+        np.savez_compressed(packed / f"train_data_batch_{k}.npz", data=data, labels=np.arange(k, k + 5 + k))
+    mapped, read = get_dataset("imagenet32", "train", root=stored), get_dataset("imagenet32", "train", root=packed)
+    assert isinstance(mapped.images, ShardedImages) and isinstance(read.images, torch.Tensor)
+    assert len(mapped) == len(read) == 21 and torch.equal(mapped.labels, read.labels)
+    idx = torch.tensor([20, 0, 6, 7, 13, 5])  # across all three files, out of order
+    assert torch.equal(mapped.images[idx], read.images[idx])
+    assert torch.equal(mapped.images[3:9], read.images[3:9]) and torch.equal(mapped.images[-1], read.images[-1])
+    for (x, _), (y, _) in zip(StepBatches(mapped, 4, 0).take(0, 6), StepBatches(read, 4, 0).take(0, 6), strict=True):
+        assert torch.equal(x, y)
+    with pytest.raises(IndexError):
+        mapped.images[torch.tensor([21])]

@@ -1,16 +1,53 @@
 """The one in-memory dataset type every loader returns, and zero padding.
 
-All datasets in msflow hold the whole split as one ``uint8`` tensor ``(N, C, H, W)``: the
-sets we bundle or read are small enough, and a single tensor makes batching, padding and
-bits/dim bookkeeping trivial (the model dequantizes, see DESIGN.md section 6).
+Plain datasets hold the whole split as one ``uint8`` tensor ``(N, C, H, W)``: most sets are
+small enough, and a single tensor makes batching, padding and bits/dim bookkeeping trivial
+(the model dequantizes, see DESIGN.md section 6). Large standard sets are memory-mapped
+(:class:`ShardedImages`, indexed like a tensor), and photo tasks stream crops from disk
+(:mod:`msflow.data.stream`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from msflow.errors import DataError
+
+
+class ShardedImages:
+    """Images ``(N, 3, S, S)`` read from several memory-mapped arrays (files on disk), only where indexed.
+
+    Indexing with an integer, a slice or an index tensor gives a ``uint8`` tensor like a whole
+    in-memory tensor would; only the pages of the rows asked for are read from disk, so a
+    15 GB training split costs no memory up front (the OS caches what is read).
+    """
+
+    def __init__(self, arrays: list[np.ndarray], size: int) -> None:
+        self.arrays, self.size = arrays, size
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+        self.shape = torch.Size((int(self.starts[-1]), 3, size, size))
+        self.dtype = torch.uint8
+
+    def dim(self) -> int:  # noqa: D102
+        return 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int | slice | torch.Tensor) -> torch.Tensor:
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index).reshape(-1)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} images")
+        rows = rows % max(1, len(self))
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), 3 * self.size * self.size), np.uint8)
+        for k in np.unique(shard):
+            picked = shard == k
+            out[picked] = self.arrays[k][rows[picked] - self.starts[k]]
+        images = torch.from_numpy(out).view(-1, 3, self.size, self.size)
+        return images[0] if isinstance(index, int) else images
 
 
 class ImageDataset(Dataset):
@@ -37,12 +74,12 @@ class ImageDataset(Dataset):
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | ShardedImages,
         labels: torch.Tensor | None = None,
         name: str = "images",
         n_bits: int = 8,
     ) -> None:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        if not isinstance(images, (torch.Tensor, ShardedImages)) or images.dtype != torch.uint8:
             kind = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
             raise DataError(
                 f"dataset {name!r}: images must be a torch.uint8 tensor, got {kind}; quantize to 0..255 first"

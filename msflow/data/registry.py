@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import torch
+
 from msflow.data.bundled import (
     load_digits8,
     load_mnist5k,
@@ -128,6 +130,8 @@ def get_dataset(
     dataset = _DATASETS[name](split, root)
     if isinstance(dataset, PairedDataset) and (pad_to is not None or downsample is not None):
         return resize_pairs(dataset, pad_to, downsample)
+    if (pad_to is not None or downsample is not None) and not isinstance(dataset.images, torch.Tensor):
+        dataset.images = dataset.images[:]  # a memory-mapped split is read whole to be resized
     if pad_to is not None:
         dataset.images = pad_images(dataset.images, pad_to)
     if downsample is not None:
