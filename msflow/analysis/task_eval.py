@@ -13,8 +13,8 @@ super-resolution, its luma for colorization. Every method then answers on the wh
 Scores, means over photos: PSNR and SSIM (RGB, uint8, no border crop); LR-PSNR, the PSNR of the
 output's own bicubic reduction against the input (consistency: 50+ dB for a model that keeps
 its input); the detail ratio (Laplacian energy of the luma over the truth's: bicubic is below
-1); the saturated fraction (pixels with a channel at 0 or 255; the truth's is printed beside
-it); the colour error, the mean distance in ITU-R 601 chroma
+1); the saturated fraction (pixels whose every channel is clipped at 0 or 255: black, white or a
+pure colour, what an exploding inverse leaves; the truth's is printed beside it); the colour error, the mean distance in ITU-R 601 chroma
 
 .. math:: \Delta_{\text{chroma}} = \operatorname{mean}_p \sqrt{(Cb_p - Cb^*_p)^2 + (Cr_p - Cr^*_p)^2}
 
@@ -85,7 +85,7 @@ def _scores(out: Tensor, truth: Tensor, cond: Tensor, scale: int, task: str) -> 
         "psnr": psnr(out, truth),
         "ssim": ssim(out, truth),
         "detail": detail_ratio(out, truth),
-        "saturated": float(((out == 0) | (out == 255)).any(0).double().mean()),
+        "saturated": float(((out == 0) | (out == 255)).all(0).double().mean()),
     }
     if task == "superres":
         scores["lr_psnr"] = psnr(downscale_bicubic(out[None].contiguous(), scale)[0], cond)
@@ -166,6 +166,7 @@ def evaluate_task(
         outputs = {labels[0]: _trivial(cond, task, scale)}
         if baseline is not None:
             outputs["factorized (mode)"] = tiled_upscale(baseline, cond, 1, 0.0, progress=False)[0][0]
+            rows["factorized (mode)"].per_photo[photo] = {"bpd": _truth_bpd(baseline, truth, cond, seed)}
         for name, model in flows.items():
             rows_bpd = _truth_bpd(model, truth, cond, seed)
             bar.update()
