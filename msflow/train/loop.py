@@ -28,11 +28,9 @@ from tqdm.auto import tqdm
 
 from msflow._io import remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
-from msflow.data import ImageDataset, get_dataset
+from msflow.data import ImageDataset
 from msflow.data.batches import StepBatches, epoch_order  # noqa: F401  (epoch_order: re-exported)
 from msflow.data.registry import PAIRED_DATASETS
-from msflow.data.stream import CropStream
-from msflow.data.tasks import TASK_ALIASES, task_data
 from msflow.errors import CheckpointError, ConfigError, MsflowError, ShapeError
 from msflow.models import create_model
 from msflow.nn.subnets import subnet_precision
@@ -46,6 +44,7 @@ from msflow.train.checkpoint import (
 )
 from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, config_to_dict
+from msflow.train.data import load_data, loader_workers, with_crop_size
 from msflow.train.distributed import init_distributed, skip_noise
 from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
@@ -69,41 +68,6 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, **cfg.model.options).to(device)
     return set_gradient_checkpointing(model, cfg.train.gradient_checkpointing)
-
-
-def data_task(cfg: Config) -> str | None:
-    """The image-to-image task of ``cfg`` (``data.task``, or the one an older dataset name stands for)."""
-    return cfg.data.task or TASK_ALIASES.get(cfg.data.name)
-
-
-def load_data(cfg: Config, split: str) -> ImageDataset | CropStream:
-    """The configured dataset split: for a task, a stream of random crops (train) or fixed crops (test)."""
-    d, task = cfg.data, data_task(cfg)
-    if task is None:
-        return get_dataset(d.name, split, root=d.root, pad_to=d.pad_to, downsample=d.downsample)
-    if d.pad_to is not None or d.downsample is not None:
-        raise ConfigError("data.pad_to and data.downsample apply to plain datasets; a task sets its size by data.crop")
-    if d.name in TASK_ALIASES and d.task not in (None, TASK_ALIASES[d.name]):
-        raise ConfigError(
-            f"data.name={d.name} means data.task={TASK_ALIASES[d.name]}, but data.task is {d.task}: "
-            "set data.name=photos and the task you want"
-        )
-    source = "photos" if d.name in TASK_ALIASES else d.name
-    return task_data(source, task, split, cfg.train.seed, d.root, d.crop, d.holes, d.masks, d.test_crops)
-
-
-def with_crop_size(cfg: Config) -> Config:
-    """``cfg`` with the model built for ``data.crop``-sided targets when a task sets a crop (``size`` option)."""
-    if data_task(cfg) is None or cfg.data.crop is None or "size" in cfg.model.options:
-        return cfg
-    return replace(cfg, model=replace(cfg.model, options={**cfg.model.options, "size": cfg.data.crop}))
-
-
-def loader_workers(cfg: Config) -> int:
-    """``data.workers``, or when unset: 2 loader processes for a folder of photos, none otherwise."""
-    if cfg.data.workers is not None:
-        return cfg.data.workers
-    return 2 if data_task(cfg) is not None and cfg.data.name == "folder" else 0
 
 
 def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
