@@ -285,3 +285,17 @@ def test_task_table_scores_colorization_of_whole_photos_against_the_grey_input(t
     assert rows["colorize, T = 0"]["bpd"] > 0
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size[0] > 3 * grid.size[1]
+
+
+def test_task_table_refuses_unconditional_and_mixed_runs(tmp_path: Path, capsys) -> None:
+    from tiny import TINY as GLOW
+
+    glow = tmp_path / "glow"
+    assert main(["train", "mnist5k-glow", *GLOW, "train.steps=1", "--out", str(glow)]) == 0
+    assert main(["task-table", str(glow)]) == 2
+    assert "task-table scores conditional models" in capsys.readouterr().err
+    seg = tmp_path / "seg"
+    tiny_seg = _tiny_options("shapes-seg-factorized")
+    assert main(["train", "shapes-seg-factorized", *COMMON, *tiny_seg, "--out", str(seg)]) == 0
+    assert main(["task-table", str(seg)]) == 2
+    assert "covers superres, colorize; for segment use msflow seg-table" in capsys.readouterr().err

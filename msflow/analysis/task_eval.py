@@ -14,7 +14,8 @@ Scores, means over photos: PSNR and SSIM (RGB, uint8, no border crop); LR-PSNR, 
 output's own bicubic reduction against the input (consistency: 50+ dB for a model that keeps
 its input); the detail ratio (Laplacian energy of the luma over the truth's: bicubic is below
 1); the saturated fraction (pixels whose every channel is clipped at 0 or 255: black, white or a
-pure colour, what an exploding inverse leaves; the truth's is printed beside it); the colour error, the mean distance in ITU-R 601 chroma
+pure colour, what an exploding inverse leaves; the truth's is printed beside it); the colour
+error, the mean distance in ITU-R 601 chroma
 
 .. math:: \Delta_{\text{chroma}} = \operatorname{mean}_p \sqrt{(Cb_p - Cb^*_p)^2 + (Cr_p - Cr^*_p)^2}
 
@@ -125,6 +126,26 @@ def _best_of(model: nn.Module, cond: Tensor, m: int, t: float, gen: torch.Genera
     return samples[min(range(m), key=scores.__getitem__)]
 
 
+def task_and_scale(models: Sequence[nn.Module]) -> tuple[str, int]:
+    """The one ``(task, scale)`` of conditional ``models``.
+
+    Raises:
+        ConfigError: no models, an unconditional one, models of different tasks or scales, or
+            a task other than :data:`TASKS`.
+    """
+    try:
+        kinds = {(m.task, m.scale) for m in models}
+    except AttributeError:  # an unconditional model declares no task
+        raise ConfigError("task-table scores conditional models (cflow-sr*, caflow-*, factorized-sr*)") from None
+    if len(kinds) != 1:
+        raise ConfigError(f"give models of one task and scale; got {sorted(kinds) or 'none'}")
+    ((task, scale),) = kinds
+    if task not in TASKS:
+        other = "seg-table" if task == "segment" else "translate-table"
+        raise ConfigError(f"whole-photo evaluation covers {', '.join(TASKS)}; for {task} use msflow {other}")
+    return task, scale
+
+
 def evaluate_task(
     flows: dict[str, nn.Module],
     photos: dict[str, Tensor],
@@ -146,12 +167,7 @@ def evaluate_task(
         ConfigError: no flows, flows of different tasks or scales, or a task other than :data:`TASKS`.
     """
     models = list(flows.values()) + ([baseline] if baseline is not None else [])
-    kinds = {(m.task, m.scale) for m in models}
-    if not flows or len(kinds) != 1:
-        raise ConfigError(f"give flows of one task and scale; got {sorted(kinds) or 'none'}")
-    ((task, scale),) = kinds
-    if task not in TASKS:
-        raise ConfigError(f"whole-photo evaluation covers {', '.join(TASKS)}; for {task} use msflow translate-table")
+    task, scale = task_and_scale(models)
     labels = ["bicubic" if task == "superres" else "grey input"] + (["factorized (mode)"] if baseline else [])
     for name in flows:
         labels += [f"{name}, T = {t:g}" for t in temperatures] + ([f"{name}, best of {best_of}"] if best_of else [])

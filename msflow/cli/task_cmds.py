@@ -68,14 +68,14 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 
 def cmd_task_table(args: argparse.Namespace) -> None:
-    from msflow.analysis.task_eval import evaluate_task, format_rows, held_out_photos, rows_json
+    from msflow.analysis.task_eval import evaluate_task, format_rows, held_out_photos, rows_json, task_and_scale
     from msflow.train.evaluate import resolve_device
     from msflow.train.run import load_run
 
     device = resolve_device(args.device or "auto")
     flows = {Path(run).name: load_run(run, device)[0].eval() for run in args.runs}
     baseline = load_run(args.baseline, device)[0].eval() if args.baseline else None
-    scale = next(iter(flows.values())).scale
+    task, scale = task_and_scale([*flows.values(), *([baseline] if baseline is not None else [])])
     photos = held_out_photos(scale)
     if args.photos:
         unknown = sorted(set(args.photos) - set(photos))
@@ -85,7 +85,6 @@ def cmd_task_table(args: argparse.Namespace) -> None:
     rows = evaluate_task(
         flows, photos, baseline, args.temperatures, args.best_of, args.best_temperature, args.seed, args.output
     )
-    task = next(iter(flows.values())).task
     what = f"x{scale} super-resolution" if task == "superres" else task
     title = f"{what} of the {len(photos)} held-out photos ({', '.join(photos)}), whole, means per photo"
     print(format_rows(rows, title))
