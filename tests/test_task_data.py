@@ -299,3 +299,19 @@ def test_task_table_refuses_unconditional_and_mixed_runs(tmp_path: Path, capsys)
     assert main(["train", "shapes-seg-factorized", *COMMON, *tiny_seg, "--out", str(seg)]) == 0
     assert main(["task-table", str(seg)]) == 2
     assert "covers superres, colorize; for segment use msflow seg-table" in capsys.readouterr().err
+
+
+def test_a_photo_that_breaks_while_streaming_is_named_on_one_line(tmp_path: Path, capsys) -> None:
+    photos = bundled_photos()
+    for split, names in (("train", PHOTOGRAPHS[:3]), ("test", PHOTOGRAPHS[3:5])):
+        (tmp_path / split).mkdir()
+        for name in names:
+            Image.fromarray(photos[name]).save(tmp_path / split / f"{name}.jpg")
+    broken = tmp_path / "train" / f"{PHOTOGRAPHS[0]}.jpg"
+    broken.write_bytes(broken.read_bytes()[:5000])  # a valid header, a truncated body: found only when decoded
+    args = ["train", "photos-sr2-cflow", *COMMON, *_tiny_options("photos-sr2-cflow"), "train.steps=30"]
+    assert (
+        main([*args, "data.name=folder", f"data.root={tmp_path}", "data.workers=1", "--out", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read image {broken}" in err and "Traceback" not in err

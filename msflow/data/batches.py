@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from msflow.data.dataset import ImageDataset
 from msflow.data.stream import CropStream
-from msflow.errors import ShapeError
+from msflow.errors import MsflowError, ShapeError
 
 Batch = tuple[Tensor, "Tensor | None"]
 
@@ -101,7 +101,13 @@ class StepBatches:
             # the global RNG (restored on resume, and used by some models while training).
             generator=torch.Generator().manual_seed(self.seed),
         )
-        yield from loader
+        try:
+            yield from loader
+        except MsflowError as err:
+            # A worker's error comes back wrapped in its traceback ("Caught DataError in DataLoader
+            # worker process 0 ... Original Traceback ..."): the user needs only its last line.
+            last = str(err).strip().splitlines()[-1]
+            raise type(err)(last.split(f"{type(err).__name__}: ", 1)[-1]) from None
 
     def take(self, step: int, n: int) -> list[Batch]:
         """The batches of steps ``step .. step + n - 1``."""
