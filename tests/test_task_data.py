@@ -315,3 +315,20 @@ def test_a_photo_that_breaks_while_streaming_is_named_on_one_line(tmp_path: Path
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot read image {broken}" in err and "Traceback" not in err
+
+
+def test_unconditional_models_train_on_random_crops_of_photos_of_any_size(
+    user_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, _ = user_folder
+    args = ["train", "patches32-glow", *COMMON, "model.options.steps=1", "model.options.hidden=8"]
+    args += ["data.name=folder", f"data.root={root}", "data.crop=32", "train.num_samples=0"]
+    assert main([*args, "--out", str(tmp_path / "glow")]) == 0
+    trained = capsys.readouterr().out.splitlines()[0]
+    assert main(["eval", str(tmp_path / "glow")]) == 0
+    assert trained.split("(")[0] in capsys.readouterr().out  # the same fixed test crops, the same bits/dim
+    stream = task_data("folder", None, "train", 0, root=root, crop=32)
+    x, cond = StepBatches(stream, 4, 0).take(0, 1)[0]
+    assert x.shape == (4, 3, 32, 32) and cond is None and stream.cond_shape is None
+    assert main([*args, "data.name=mnist5k", "--out", str(tmp_path / "m")]) == 2
+    assert "use data.name=photos or folder" in capsys.readouterr().err

@@ -102,7 +102,8 @@ class StepBatches:
             generator=torch.Generator().manual_seed(self.seed),
         )
         try:
-            yield from loader
+            for x, cond in loader:
+                yield x, cond if cond.numel() else None  # plain crops carry an empty condition
         except MsflowError as err:
             # A worker's error comes back wrapped in its traceback ("Caught DataError in DataLoader
             # worker process 0 ... Original Traceback ..."): the user needs only its last line.

@@ -14,7 +14,8 @@ its own randomness, and returns ``uint8`` ``target (C, S, S)`` and ``condition``
   half the side (``holes="boxes"``), or the user's mask (``holes="folder"``, nonzero = hidden);
 - ``sketch``: the crop given its binary Canny edge map (0/255), drawn on the crop *with a
   margin* of context and then cut, so edges run through the crop borders as in the photo;
-- ``segment``: the user's binary mask (``n_bits = 1``) given the crop.
+- ``segment``: the user's binary mask (``n_bits = 1``) given the crop;
+- :data:`PLAIN` (no task, for unconditional models): the crop alone.
 
 Example:
     >>> import torch
@@ -69,6 +70,8 @@ class Recipe:
         """``(target, condition)`` of one crop (see the module notes)."""
         m = self.margin
         core = crop[..., m : crop.shape[-2] - m, m : crop.shape[-1] - m] if m else crop
+        if self.task == "plain":  # an unconditional model's images: no condition
+            return core[0], core.new_empty(0)
         if self.task == "superres":
             return core[0], downscale_bicubic(core.contiguous(), self.scale)[0]
         if self.task == "colorize":
@@ -108,3 +111,6 @@ RECIPES: dict[str, Recipe] = {
     "segment": Recipe("segment", 3),
 }
 """``data.task`` -> its recipe."""
+
+PLAIN = Recipe("plain", cond_channels=0)
+"""Random crops for unconditional models (``data.crop`` without ``data.task``): the crop, no condition."""

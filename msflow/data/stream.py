@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from msflow.data.dataset import ImageDataset
 from msflow.data.pairs import PairedDataset
 from msflow.data.recipes import Recipe
 from msflow.data.sources import ImageSource
@@ -84,7 +85,8 @@ class CropStream(Dataset):
         self.name, self.holes, self.flips = name, holes, flips
         self.task, self.scale, self.n_bits = recipe.task, recipe.scale, recipe.n_bits
         self.image_shape = (recipe.target_channels, crop, crop)
-        self.cond_shape = (recipe.cond_channels, crop // recipe.scale, crop // recipe.scale)
+        plain = recipe.cond_channels == 0
+        self.cond_shape = None if plain else (recipe.cond_channels, crop // recipe.scale, crop // recipe.scale)
 
     def __len__(self) -> int:
         # Draws never run out; the length only names how many make "one pass" in progress reports.
@@ -115,8 +117,10 @@ def fixed_pairs(
     per_image: int,
     name: str = "pairs",
     holes: str = "centre",
-) -> PairedDataset:
+) -> PairedDataset | ImageDataset:
     """Test pairs: non-overlapping ``crop x crop`` grid crops, at most ``per_image`` per photo (seeded choice).
+
+    With :data:`~msflow.data.recipes.PLAIN`, the crops alone as an :class:`ImageDataset`.
 
     Example:
         >>> from msflow.data.recipes import RECIPES
@@ -140,4 +144,6 @@ def fixed_pairs(
             target, cond = recipe.pair(image, mask, g, holes)
             targets.append(target)
             conds.append(cond)
+    if recipe.cond_channels == 0:
+        return ImageDataset(torch.stack(targets), name=name)
     return PairedDataset(torch.stack(targets), torch.stack(conds), recipe.task, name, recipe.n_bits)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 
 from msflow.data.pairs import PairedDataset
-from msflow.data.recipes import RECIPES
+from msflow.data.recipes import PLAIN, RECIPES
 from msflow.data.segmentation import load_shape_segmentation
 from msflow.data.sources import BundledPhotos, FolderImages, ImageSource
 from msflow.data.stream import CropStream, fixed_pairs
@@ -58,7 +58,7 @@ def _source(name: str, split: str, root: str | os.PathLike[str] | None, crop: in
 
 def task_data(
     source: str,
-    task: str,
+    task: str | None,
     split: str,
     seed: int,
     root: str | os.PathLike[str] | None = None,
@@ -69,11 +69,13 @@ def task_data(
 ) -> CropStream | PairedDataset:
     """One split of ``task`` on ``source``: a :class:`CropStream` for ``"train"``, fixed crops for ``"test"``.
 
+    ``task=None`` gives plain crops for unconditional models (an :class:`ImageDataset` for ``"test"``).
+
     Raises:
         DataError: an unknown task, split or source, a task the source cannot feed, a bad
             folder (one line naming the fix), or a crop the task cannot use.
     """
-    if task not in RECIPES:
+    if task is not None and task not in RECIPES:
         raise DataError(f"unknown task {task!r}: choose one of {', '.join(RECIPES)}")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
@@ -88,10 +90,10 @@ def task_data(
     if holes == "folder" and masks is None:
         raise DataError("data.holes=folder hides the pixels of your masks: set data.masks=FOLDER")
     side = crop or DEFAULT_CROP
-    recipe = RECIPES[task]
+    recipe = PLAIN if task is None else RECIPES[task]
     recipe.check_crop(side)
     photos = _source(source, split, root, side, masks)
-    name = f"{source}-{task}"
+    name = source if task is None else f"{source}-{task}"
     if split == "train":
         return CropStream(photos, recipe, side, seed, name=name, holes=holes)
     return fixed_pairs(photos, recipe, side, seed, test_crops, name=name, holes=holes)

@@ -24,12 +24,17 @@ def data_task(cfg: Config) -> str | None:
 
 
 def load_data(cfg: Config, split: str) -> ImageDataset | CropStream:
-    """The configured dataset split: for a task, a stream of random crops (train) or fixed crops (test)."""
+    """The configured dataset split: for a task or a ``data.crop``, random crops (train) or fixed crops (test).
+
+    ``data.crop`` without a task streams plain crops of photos of any size for unconditional models.
+    """
     d, task = cfg.data, data_task(cfg)
-    if task is None:
+    if task is None and d.crop is None:
         return get_dataset(d.name, split, root=d.root, pad_to=d.pad_to, downsample=d.downsample)
     if d.pad_to is not None or d.downsample is not None:
-        raise ConfigError("data.pad_to and data.downsample apply to plain datasets; a task sets its size by data.crop")
+        raise ConfigError("data.pad_to and data.downsample resize whole images; with data.crop, choose the crop side")
+    if task is None and d.name not in ("photos", "folder"):
+        raise ConfigError(f"data.crop draws random crops from photos: use data.name=photos or folder, not {d.name}")
     if d.name in TASK_ALIASES and d.task not in (None, TASK_ALIASES[d.name]):
         raise ConfigError(
             f"data.name={d.name} means data.task={TASK_ALIASES[d.name]}, but data.task is {d.task}: "
@@ -50,4 +55,4 @@ def loader_workers(cfg: Config) -> int:
     """``data.workers``, or when unset: 2 loader processes for a folder of photos, none otherwise."""
     if cfg.data.workers is not None:
         return cfg.data.workers
-    return 2 if data_task(cfg) is not None and cfg.data.name == "folder" else 0
+    return 2 if cfg.data.name == "folder" and (data_task(cfg) is not None or cfg.data.crop is not None) else 0
