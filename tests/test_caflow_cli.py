@@ -259,3 +259,11 @@ def test_commands_refuse_runs_of_another_task(runs: dict[str, Path], tmp_path: P
     assert "(caflow-sketch)" in capsys.readouterr().err
     assert main(["colorize", str(runs["colorize"]), str(image), "-n", "5", "--best-of", "4"]) == 2
     assert "--best-of 4 draws fewer samples than -n 5 keeps" in capsys.readouterr().err
+
+
+def test_bad_test_pair_indices_are_one_line(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    for command, run in (("colorize", runs["colorize"]), ("inpaint", runs["inpaint"])):
+        for spec in ("test:-1", "test:abc", "test:999999"):
+            assert main([command, str(run), spec, "-o", str(tmp_path / "x.png")]) == 2, spec
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{spec}: the test pair must be a test index in [0, " in err, err

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from msflow.errors import ConfigError
+
 # No option needs more than 2**31 - 1 of anything; larger values would only overflow deep in
 # torch (sizes and seeds are 64-bit there) and end in a traceback instead of a usage error.
 MAX_COUNT = 2**31 - 1
@@ -117,3 +119,16 @@ def write_json(path: str, payload: dict) -> None:
     text = json.dumps(payload, indent=1)
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
     print(f"wrote every number to {path}")
+
+
+def pair_index(spec: str, count: int) -> int:
+    """The ``K`` of a ``test:K`` argument, checked against the ``count`` test pairs (one line on error).
+
+    Example:
+        >>> pair_index("test:3", 10)
+        3
+    """
+    try:
+        return int_range(0, count - 1, f"a test index in [0, {count - 1}]")(spec.removeprefix("test:"))
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"{spec}: the test pair {err}") from None

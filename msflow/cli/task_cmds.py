@@ -8,7 +8,15 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import float_range, int_range, output_file, seed_arg, temperature_arg, write_json
+from msflow.cli._common import (
+    float_range,
+    int_range,
+    output_file,
+    pair_index,
+    seed_arg,
+    temperature_arg,
+    write_json,
+)
 from msflow.errors import ConfigError
 
 THRESHOLD = float_range(0, 1, "a threshold in [0, 1]")
@@ -35,7 +43,7 @@ def _segment_input(spec: str, cfg: Any, channels: int) -> tuple[torch.Tensor, to
         from msflow.train.loop import load_data
 
         test = load_data(cfg, "test")
-        k = int_range(0, len(test) - 1, f"a test index in [0, {len(test) - 1}]")(spec[5:])
+        k = pair_index(spec, len(test))
         return test.conds[k], test.images[k]
     (w, h), _ = image_header(Path(spec))
     return load_image(Path(spec), (channels, h, w)), None

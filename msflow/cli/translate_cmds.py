@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import int_range, output_file, seed_arg, temperature_arg, write_json
+from msflow.cli._common import int_range, output_file, pair_index, seed_arg, temperature_arg, write_json
 from msflow.errors import ConfigError
 
 # command -> (the task of the CAFLOW model it needs, what it does, its default output)
@@ -83,7 +83,7 @@ def _input(args: argparse.Namespace, model: Any, cfg: Any, mask: torch.Tensor | 
         if mask is not None:
             raise ConfigError("test pairs carry their own mask (the central square); drop --mask")
         test = load_data(cfg, "test")
-        k = int_range(0, len(test) - 1, f"a test index in [0, {len(test) - 1}]")(args.input[5:])
+        k = pair_index(args.input, len(test))
         return test.conds[k], test.images[k]
     return prepare_condition(model, _image(args.input, model.scale, args.n), mask)
 

@@ -48,6 +48,7 @@ from msflow.train.data import load_data, loader_workers, with_crop_size
 from msflow.train.distributed import init_distributed, skip_noise
 from msflow.train.ema import EMA
 from msflow.train.evaluate import evaluate, resolve_device, sample_grids
+from msflow.train.lock import run_lock
 from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.objective import bpd_score, function_evaluations, make_objective
@@ -202,6 +203,8 @@ def _resume(
     # What must match for the saved state to mean the same thing in this run.
     pairs = [(s, saved.get(s), mine[s]) for s in ("data", "model")]
     pairs.append(("optim.optimizer", saved.get("optim", {}).get("optimizer"), cfg.optim.optimizer))
+    # The seed drew the weights, the data order and the noise so far: another one would mix two runs.
+    pairs.append(("train.seed", saved.get("train", {}).get("seed"), cfg.train.seed))
     for what, theirs, ours in pairs:
         if theirs != ours:
             raise CheckpointError(
@@ -255,8 +258,17 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` to ``train.steps`` (resuming from the run folder's checkpoint), then report.
 
     Returns the final results: test bits/dim (mean and standard error, EMA weights when EMA is
-    on), the run folder, the sample grid paths.
+    on), the run folder, the sample grid paths. The run folder is locked for the whole run
+    (:func:`~msflow.train.lock.run_lock`, by rank 0 of a distributed run): a second trainer of the
+    same folder refuses at once.
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(cfg)
+    with run_lock(cfg.run_dir):
+        return _train(cfg)
+
+
+def _train(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     run_dir = cfg.run_dir
     device = resolve_device(t.device)

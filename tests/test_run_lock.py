@@ -1,0 +1,52 @@
+"""One writer per run folder (issue 25, item 3): a second trainer refuses at once, naming the
+first one's PID; the lock dies with its holder; a run is never continued with another seed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tiny import TINY
+
+from msflow.cli import main
+from msflow.train.lock import LOCK_FILE
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from msflow.train.lock import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_trainer_of_a_folder_refuses_until_the_first_is_gone(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--out", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"being trained by another msflow process (PID {holder.pid})" in err and err.count("\n") == 1
+        assert time.monotonic() - started < 10 and not (run / "metrics.jsonl").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    # SIGKILL released the lock: no stale lock blocks the folder.
+    assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--out", str(run)]) == 0
+    assert (run / LOCK_FILE).exists()
+
+
+def test_a_run_is_never_continued_with_another_seed(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--seed", "1", "--out", str(run)]) == 0
+    before = (run / "checkpoint.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--seed", "2", "--out", str(run)]) == 2
+    assert "different train.seed config (1)" in capsys.readouterr().err
+    assert (run / "checkpoint.safetensors").read_bytes() == before
