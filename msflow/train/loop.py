@@ -244,6 +244,22 @@ def _plateau(cfg: Config) -> Plateau:
     return Plateau(o.plateau_patience, o.plateau_factor, o.plateau_threshold)
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``: NaN and Infinity are not JSON.
+
+    Example:
+        >>> finite_json({"bpd": float("inf"), "n": [1.5, float("nan")]})
+        {'bpd': None, 'n': [1.5, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def _non_finite(tensors: dict[str, Tensor]) -> str | None:
     """The name of the first floating-point tensor holding a NaN or infinity, if any."""
     return next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
@@ -314,7 +330,7 @@ def _train(cfg: Config) -> dict[str, Any]:
     def checkpoint(tensors: dict[str, Tensor], optim_meta: dict, results: dict | None = None) -> None:
         guard.train_seconds = spent()
         if ranks.main:
-            save_checkpoint(ckpt, tensors, _meta(cfg, model, step, guard, optim_meta, results))
+            save_checkpoint(ckpt, tensors, finite_json(_meta(cfg, model, step, guard, optim_meta, results)))
 
     def rollback(why: str) -> int:
         """Reload the last checkpoint with a lower learning rate; returns its step."""
@@ -350,11 +366,11 @@ def _train(cfg: Config) -> dict[str, Any]:
     seen, clock = 0, time.perf_counter()
     model.train()
     # Every rank must agree on when the time budget ends.
-    stream, stream_step = batches.iterate(step), step
+    stream, stream_step, pending = batches.iterate(step), step, False
     while step < t.steps and not ranks.any(bool(t.max_seconds) and spent() >= t.max_seconds):
         if stream_step != step:  # a roll-back: the batches go back with the weights
             stream.close()
-            stream, stream_step = batches.iterate(step), step
+            stream, stream_step, pending = batches.iterate(step), step, False
         x, cond = next(stream)
         stream_step += 1
         x, cond = x.to(device), None if cond is None else cond.to(device)
@@ -412,7 +428,7 @@ def _train(cfg: Config) -> dict[str, Any]:
             shown = "loss_bpd" if "loss_bpd" in record else "loss_fm"
             bar.set_postfix({shown[5:]: f"{record[shown]:.3f}"})
             seen, clock = 0, time.perf_counter()
-        due = _every(step, t.checkpoint_every) or step == t.steps
+        due = _every(step, t.checkpoint_every) or step == t.steps or pending
         bad = _non_finite(state()[0]) if due else None
         if bad is not None:
             # Never evaluated or written to disk: go back to the last state that was.
@@ -430,10 +446,19 @@ def _train(cfg: Config) -> dict[str, Any]:
                     model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, f"step{step:06d}", pairs
                 )
         # Last, so a checkpoint of step s means that everything of step s (logs, grids) is done.
-        if due and step < t.steps:
+        # Only a step that trained (finite loss and gradient) is a state to roll back to: during a
+        # streak of skipped steps the checkpoint waits for the first good one.
+        pending = due and step < t.steps and guard.bad_in_a_row > 0
+        if due and step < t.steps and not pending:
             _periodic_checkpoint(partial(checkpoint, *state()), ckpt, step, log, bar)
     bar.close()
     stream.close()
+    if guard.bad_in_a_row:
+        raise TrainingDiverged(
+            f"training ended inside a streak of {guard.bad_in_a_row} steps with a non-finite loss or gradient; "
+            f"the checkpoint in {run_dir} holds the last state that trained: lower optim.lr (now {o.lr:g}) "
+            "or raise optim.warmup_steps, and rerun the same command to go on from it"
+        )
     if not ranks.main:  # rank 0 evaluates and writes the results
         ranks.barrier()
         return json.loads((run_dir / "results.json").read_text())
@@ -459,7 +484,7 @@ def _train(cfg: Config) -> dict[str, Any]:
             f"could not write the final checkpoint {ckpt} ({err.strerror or err}); the previous one is intact: "
             "free some space and rerun the same command to finish"
         ) from None
-    write_text(run_dir / "results.json", json.dumps(result, indent=2))
+    write_text(run_dir / "results.json", json.dumps(finite_json(result), indent=2))
     ranks.barrier()
     return result
 
