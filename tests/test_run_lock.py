@@ -39,7 +39,7 @@ def test_a_second_trainer_of_a_folder_refuses_until_the_first_is_gone(tmp_path: 
         holder.wait(timeout=30)
     # SIGKILL released the lock: no stale lock blocks the folder.
     assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--out", str(run)]) == 0
-    assert (run / LOCK_FILE).exists()
+    assert not (run / LOCK_FILE).exists()  # removed when released: the folder holds what the run wrote
 
 
 def test_a_run_is_never_continued_with_another_seed(tmp_path: Path, capsys) -> None:
@@ -50,3 +50,14 @@ def test_a_run_is_never_continued_with_another_seed(tmp_path: Path, capsys) -> N
     assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--seed", "2", "--out", str(run)]) == 2
     assert "different train.seed config (1)" in capsys.readouterr().err
     assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_rerunning_a_finished_run_logs_nothing_twice(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    args = ["train", "mnist5k-glow", *TINY, "train.steps=2", "--out", str(run)]
+    assert main(args) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    log = (run / "metrics.jsonl").read_text()
+    assert main(args) == 0 and main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0] == first  # reported again, the same
+    assert (run / "metrics.jsonl").read_text() == log and log.count('"final": true') == 1

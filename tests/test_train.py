@@ -134,7 +134,6 @@ def test_train_writes_a_complete_run_folder(tmp_path: Path) -> None:
     result = train(cfg)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
-        ".msflow-lock",  # held while training (msflow.train.lock); released, not removed, at the end
         "checkpoint.safetensors",
         "config.yaml",
         "metrics.jsonl",

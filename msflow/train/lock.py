@@ -3,16 +3,18 @@
 Two trainers writing one folder interleave their metrics and overwrite each other's
 checkpoints, so the second refuses at once, naming the first one's process. The lock is an
 ``fcntl.flock`` on ``RUN/.msflow-lock``: the OS drops it when the holder exits, however it
-exits (SIGKILL included), so a crashed run never leaves a stale lock behind; a run folder created
-for the lock is removed again if the run wrote nothing into it. Where ``fcntl`` does not exist
+exits (SIGKILL included), so a crashed run never leaves a stale lock behind (a killed run leaves
+the empty lock file, which the next trainer simply locks). Where ``fcntl`` does not exist
 (Windows) no lock is taken.
 
 Example:
     >>> import tempfile, pathlib
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "run"
     >>> with run_lock(folder):
     ...     (folder / LOCK_FILE).exists()
     True
+    >>> folder.exists()  # released, and nothing was written: the folder it made is gone too
+    False
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from msflow.errors import MsflowError
 
@@ -67,6 +70,9 @@ def _holder(fd: int) -> str:
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock for the block (the folder is created if needed).
 
+    The lock file exists only while a trainer holds it: it is removed on release, so a run folder
+    is left as the run wrote it (and a folder created for nothing is removed again).
+
     Raises:
         RunLocked: another live process holds it; the message names its PID.
     """
@@ -77,21 +83,37 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         return
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    path = run_dir / LOCK_FILE
+    fd = _acquire(path, fcntl)
+    _HELD.add(fd)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(
-                f"{run_dir} is being trained by another msflow process (PID {_holder(fd)}); wait for it to end, "
-                "or train into another folder with --out"
-            ) from None
-        _HELD.add(fd)
         yield
     finally:
         _HELD.discard(fd)
+        path.unlink(missing_ok=True)  # still locked: a newcomer that opened it sees it gone and retries
         os.close(fd)  # closing the descriptor releases the lock
-        if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-            # A run that failed before writing anything leaves no folder behind.
-            (run_dir / LOCK_FILE).unlink()
-            run_dir.rmdir()
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
+
+
+def _acquire(path: Path, fcntl: Any) -> int:
+    """A descriptor of ``path`` holding its exclusive lock, or :class:`RunLocked`."""
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunLocked(
+                f"{path.parent} is being trained by another msflow process (PID {holder}); wait for it to end, "
+                "or train into another folder with --out"
+            ) from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # locked a file its holder removed as it finished: lock the new one
+    raise RunLocked(f"could not lock {path.parent}: other trainers keep starting and ending there; retry")

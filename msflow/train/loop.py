@@ -312,6 +312,7 @@ def _train(cfg: Config) -> dict[str, Any]:
     noise = torch.Generator().manual_seed(t.seed + 1)
     ckpt = run_dir / CHECKPOINT
     step, guard = _resume(ckpt, cfg, model, opt, ema, noise) if ckpt.exists() else (0, _Guard(plateau=_plateau(cfg)))
+    reported = step >= t.steps  # a finished run, rerun: report it again, log nothing twice
     clock_fn = time.process_time if t.budget_clock == "cpu" else time.perf_counter
     started, spent_before = clock_fn(), guard.train_seconds
 
@@ -467,7 +468,8 @@ def _train(cfg: Config) -> dict[str, Any]:
     if hasattr(model, "level_dims"):
         _plot_levels(run_dir)
     result = eval_now()
-    log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
+    if not reported:
+        log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
     grids = []
     if t.num_samples:
         with ema.applied(model) if ema else nullcontext():
