@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -50,3 +51,19 @@ def atomic_write(path: Path, write: Any) -> None:
 def write_text(path: Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``: readers see the old or the new file, never half."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None``: NaN and Infinity are not JSON.
+
+    Example:
+        >>> finite_json({"bpd": float("inf"), "n": [1.5, float("nan")]})
+        {'bpd': None, 'n': [1.5, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

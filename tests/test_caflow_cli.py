@@ -267,3 +267,13 @@ def test_bad_test_pair_indices_are_one_line(runs: dict[str, Path], tmp_path: Pat
             assert main([command, str(run), spec, "-o", str(tmp_path / "x.png")]) == 2, spec
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and f"{spec}: the test pair must be a test index in [0, " in err, err
+
+
+def test_json_of_a_tiny_image_is_strict(runs: dict[str, Path], tmp_path: Path) -> None:
+    image = photo(tmp_path / "tiny.png", (5, 5))
+    out = tmp_path / "s.json"
+    assert main(["colorize", str(runs["colorize"]), str(image), "--json", str(out), "-o", str(tmp_path / "c.png")]) == 0
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    payload = json.loads(text)
+    assert payload["scores"][0]["ssim"] is None and payload["scores"][0]["psnr"] > 0  # SSIM needs 7x7: none

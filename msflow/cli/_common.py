@@ -114,9 +114,10 @@ def write_json(path: str, payload: dict) -> None:
     import json
     from pathlib import Path
 
-    from msflow._io import atomic_write
+    from msflow._io import atomic_write, finite_json
 
-    text = json.dumps(payload, indent=1)
+    # Scores that do not exist (SSIM of images under its 7x7 window) are null, never NaN: strict JSON.
+    text = json.dumps(finite_json(payload), indent=1, allow_nan=False)
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
     print(f"wrote every number to {path}")
 

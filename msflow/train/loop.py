@@ -26,7 +26,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from msflow._io import remove_stale_temp_files, write_text
+from msflow._io import finite_json, remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
 from msflow.data import ImageDataset
 from msflow.data.batches import StepBatches, epoch_order  # noqa: F401  (epoch_order: re-exported)
@@ -242,22 +242,6 @@ def _plateau(cfg: Config) -> Plateau:
     """A fresh plateau tracker with the config's hyperparameters."""
     o = cfg.optim
     return Plateau(o.plateau_patience, o.plateau_factor, o.plateau_threshold)
-
-
-def finite_json(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by ``None``: NaN and Infinity are not JSON.
-
-    Example:
-        >>> finite_json({"bpd": float("inf"), "n": [1.5, float("nan")]})
-        {'bpd': None, 'n': [1.5, None]}
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value
 
 
 def _non_finite(tensors: dict[str, Tensor]) -> str | None:
