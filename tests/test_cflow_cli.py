@@ -203,3 +203,13 @@ def test_task_commands_refuse_other_models(sr_runs: tuple[Path, Path], capsys) -
     flow, _ = sr_runs
     assert main(["segment", str(flow), "test:0"]) == 2
     assert "needs a segment model (cflow-seg, factorized-seg)" in capsys.readouterr().err
+
+
+def test_segment_refuses_images_too_small_for_its_features(seg_runs: list[Path], tmp_path: Path, capsys) -> None:
+    for side in (2, 4):
+        image = tmp_path / f"tiny{side}.png"
+        Image.new("RGB", (side, side + 1), "red").save(image)
+        for run in seg_runs:
+            assert main(["segment", str(run), str(image), "-n", "2", "-o", str(tmp_path / "s.png")]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "segments images of at least 8x8; enlarge it" in err, err

@@ -17,7 +17,7 @@ from msflow.cli._common import (
     temperature_arg,
     write_json,
 )
-from msflow.errors import ConfigError
+from msflow.errors import ConfigError, ShapeError
 
 THRESHOLD = float_range(0, 1, "a threshold in [0, 1]")
 
@@ -56,6 +56,11 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     model, cfg = _load(args.run, args.device, "segment")
     image, truth = _segment_input(args.image, cfg, model.cond_shape[0])
+    # The deepest features are 1/target_multiple of the image; instance norm needs two pixels there.
+    least = 2 * model.target_multiple
+    if min(image.shape[-2:]) < least:
+        h, w = image.shape[-2:]
+        raise ShapeError(f"{args.image} is {w}x{h}: this model segments images of at least {least}x{least}; enlarge it")
     out = segment(model, image, args.n, args.threshold, torch.Generator().manual_seed(args.seed))
     mean = (out.mean * 255).round().to(torch.uint8)
     panels = [image, mean.expand(3, -1, -1), (out.mask * 255).expand(3, -1, -1)]
