@@ -181,7 +181,9 @@ def test_list_shows_models_and_datasets(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert lines[0] == "models:" and "datasets:" in lines
     models = lines[1 : lines.index("datasets:")]
-    datasets = [line.strip() for line in lines[lines.index("datasets:") + 1 :]]
+    tasks = next(i for i, line in enumerate(lines) if line.startswith("image-to-image tasks"))
+    datasets = [line.strip() for line in lines[lines.index("datasets:") + 1 : tasks]]
+    assert lines[tasks].endswith("sr2, sr4, colorize, inpaint, sketch, segment") and "folder" in lines[tasks + 1]
     for name in ("glow-mnist", "glow-cifar10", "realnvp-mnist"):
         assert any(line.split()[0] == name for line in models), name
     assert any("1x28x28" in line for line in models)

@@ -101,6 +101,11 @@ def cmd_list(args: argparse.Namespace) -> None:
     print("datasets:")
     for name in list_datasets():
         print(f"  {name}")
+    from msflow.data.recipes import RECIPES
+    from msflow.data.tasks import SOURCES
+
+    print(f"image-to-image tasks (data.task): {', '.join(RECIPES)}")
+    print(f"  drawing random data.crop crops from (data.name): {', '.join(SOURCES)}")
 
 
 def register(sub: Any) -> None:
