@@ -61,3 +61,15 @@ def test_rerunning_a_finished_run_logs_nothing_twice(tmp_path: Path, capsys) -> 
     assert main(args) == 0 and main(args) == 0
     assert capsys.readouterr().out.splitlines()[0] == first  # reported again, the same
     assert (run / "metrics.jsonl").read_text() == log and log.count('"final": true') == 1
+
+
+def test_no_command_writes_over_a_runs_own_files(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "mnist5k-glow", *TINY, "train.steps=2", "--out", str(run)]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    targets = ["checkpoint.safetensors", "results.json", "metrics.jsonl", "config.yaml", "samples/x.png"]
+    for target in targets:
+        assert main(["sample", str(run), "-n", "4", "-o", str(run / target)]) == 2
+        assert f"{run / target} is a file of the training run in" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert main(["sample", str(run), "-n", "4", "-o", str(run / "more.png")]) == 0  # other names are the user's

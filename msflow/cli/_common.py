@@ -75,7 +75,20 @@ def output_file(text: str) -> str:
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be written inside it")
+    # A run's own files (and its sample grids) belong to `msflow train`: another command's output
+    # must not replace them (`msflow sample RUN -o RUN/checkpoint.safetensors` once did).
+    folder = path.absolute().parent
+    in_run = (folder / "checkpoint.safetensors").exists() and path.name in RUN_FILES
+    in_samples = folder.name == "samples" and (folder.parent / "checkpoint.safetensors").exists()
+    if in_run or in_samples:
+        raise argparse.ArgumentTypeError(f"{text} is a file of the training run in {folder}: write it elsewhere")
     return text
+
+
+RUN_FILES = frozenset(
+    {"checkpoint.safetensors", "config.yaml", "metrics.jsonl", "results.json", "logdets.jsonl", "logdets.png"}
+)
+"""Files ``msflow train`` keeps in a run folder: no other command's output may replace them."""
 
 
 def folder_arg(text: str) -> str:
