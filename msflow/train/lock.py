@@ -41,7 +41,7 @@ def _close_in_child() -> None:
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_close_in_child)
+_REGISTERED: list[bool] = []  # the fork hook is installed by the first lock, not at import
 
 
 class RunLocked(MsflowError):
@@ -86,6 +86,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     path = run_dir / LOCK_FILE
     fd = _acquire(path, fcntl)
     _HELD.add(fd)
+    if not _REGISTERED:  # importing msflow has no process-wide side effects: the hook comes with a lock
+        os.register_at_fork(after_in_child=_close_in_child)
+        _REGISTERED.append(True)
     try:
         yield
     finally:
