@@ -72,6 +72,7 @@ class StepBatches:
         self.first, self.stop = shard or (0, batch_size)
         self.workers = workers
         self.streamed = isinstance(dataset, CropStream)
+        self._order: tuple[int, Tensor | None] = (-1, None)
         if not self.streamed and len(dataset) // batch_size == 0:
             raise ShapeError(f"train.batch_size={batch_size} exceeds the {len(dataset)} training images; lower it")
 
@@ -80,7 +81,9 @@ class StepBatches:
         if self.streamed:
             return list(range(step * self.batch_size + self.first, step * self.batch_size + self.stop))
         epoch, offset = divmod(step, len(self.dataset) // self.batch_size)
-        order = epoch_order(len(self.dataset), self.seed, epoch)
+        if self._order[0] != epoch:  # one permutation per epoch, not per step
+            self._order = (epoch, epoch_order(len(self.dataset), self.seed, epoch))
+        order = self._order[1]
         return order[offset * self.batch_size : (offset + 1) * self.batch_size][self.first : self.stop].tolist()
 
     def iterate(self, step: int) -> Iterator[Batch]:
