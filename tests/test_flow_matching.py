@@ -109,10 +109,10 @@ def test_multires_level_losses_use_each_levels_data_condition_and_base() -> None
     v, _ = model._dequantize(x, gen)
     images, details, _ = model.decompose(v)
     detail = flow_matching_loss(
-        model.level_cnf_blocks(0), details[0], model._condition(images[1], 0), model.prior_stds[0], gen
+        model.level_cnf_blocks(0)[1], details[0], model._condition(images[1], 0), model.prior_stds[0], gen
     )
     top = flow_matching_loss(
-        model.level_cnf_blocks(1), model.top_preprocess(images[1])[0], None, model.prior_stds[1], gen
+        model.level_cnf_blocks(1)[1], model.top_preprocess(images[1])[0], None, model.prior_stds[1], gen
     )
     assert torch.allclose(losses[0], detail) and torch.allclose(losses[1], top)
     assert model.prior_stds[0] != 1.0  # multi-resolution noise: the base is not N(0, I)

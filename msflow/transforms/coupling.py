@@ -43,8 +43,20 @@ def _bounded_log_scale(raw: Tensor) -> Tensor:
     return bound * torch.tanh(raw / bound)
 
 
+WIDE_BOUND = 6.0
+"""``|s| < WIDE_BOUND`` for the ``"wide"`` scale: a factor up to ``e^6 ~ 400`` either way."""
+
+
+def _wide_log_scale(raw: Tensor) -> Tensor:
+    # For maps that normalise data whose scale varies by orders of magnitude from pixel to pixel
+    # (MRCNF's detail coefficients: ~0.0014 in flat regions, ~0.3 at edges): s = 6 tanh(raw / 6)
+    # starts at 0 with slope 1 and stays finite whatever the net outputs.
+    return WIDE_BOUND * torch.tanh(raw / WIDE_BOUND)
+
+
 LOG_SCALES: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": _sigmoid_log_scale,
+    "wide": _wide_log_scale,
     "tanh": _tanh_log_scale,
     "atan": _atan_log_scale,
     "bounded": _bounded_log_scale,

@@ -21,7 +21,8 @@ class AffineInjector(InvertibleModule):
 
     Unlike a coupling, every channel of ``x`` is transformed, so the condition reaches all of
     it in one block; the map is invertible for any network because ``NN`` never sees ``x``.
-    ``s`` is bounded (``"atan"``: ``|s| < 2``, CAFLOW's soft clamp; or ``"sigmoid"``/``"tanh"``
+    ``s`` is bounded (``"atan"``: ``|s| < 2``, CAFLOW's soft clamp; ``"wide"``: ``|s| < 6``, for
+    normalising data whose scale varies from pixel to pixel; or ``"sigmoid"``/``"tanh"``/``"bounded"``
     as in :class:`~msflow.transforms.AffineCoupling`), and a zero-initialised last layer makes
     the block start as the identity.
 
@@ -29,7 +30,7 @@ class AffineInjector(InvertibleModule):
         num_channels: channels of ``x``.
         cond_channels: channels of the condition ``c``, at ``x``'s height and width.
         subnet: factory ``(in, out) -> nn.Module`` (default: Glow's network, 32 hidden).
-        scale: ``"atan"``, ``"sigmoid"`` or ``"tanh"``.
+        scale: a name in :data:`~msflow.transforms.coupling.LOG_SCALES` (``"atan"``, ``"wide"``, ...).
 
     Example:
         >>> import torch
