@@ -101,7 +101,10 @@ def folder_arg(text: str) -> str:
 
 def bpd_line(split: str, result: dict, data: str, seed: int) -> str:
     mean, stderr, n = result["bpd"], result["bpd_stderr"], result["n"]
-    return f"{split} bits/dim: {mean:.6f} +- {stderr:.6f} ({n} {split} images of {data}, dequantization seed {seed})"
+    line = f"{split} bits/dim: {mean:.6f} +- {stderr:.6f} ({n} {split} images of {data}, dequantization seed {seed})"
+    if result.get("diverged"):
+        line += f"; {result['diverged']} of {n} images diverged (non-finite or above 1000 bits/dim): the mean is not usable"
+    return line
 
 
 def bpd_fn(model: torch.nn.Module, batch_size: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:

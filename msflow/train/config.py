@@ -128,6 +128,10 @@ class TrainConfig:
     over every resume, then evaluates as usual. ``budget_clock`` says which time: ``wall`` or
     ``cpu`` (the process's CPU seconds, all threads: fair between runs sharing a machine).
     A time-limited run is not bit-for-bit repeatable (where it stops depends on speed).
+    Evaluations are run every ``eval_every`` steps and every ``eval_seconds`` budget seconds
+    (0: never), on the first ``eval_images`` test images (0: all; the final evaluation too); the
+    budget counts training only, not the evaluations during it, so curves of test bits/dim
+    against budget seconds compare runs fairly (``benchmarks/mrcnf_sweep.py``).
     ``precision`` is the subnets' precision (``msflow.train.precision``): ``auto`` (bf16-mixed
     where the CPU or GPU multiplies bf16 natively, else float32), ``float32`` or ``bf16-mixed``;
     evaluation always runs in float32 (or the ``--dtype`` asked for)."""
@@ -138,6 +142,8 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 500
     eval_every: int = 500
+    eval_seconds: float = 0.0
+    eval_images: int = 0
     checkpoint_every: int = 200
     log_every: int = 50
     sample_every: int = 0
@@ -148,6 +154,7 @@ class TrainConfig:
     deterministic: bool = False
     level: int | None = None
     objective: str = "likelihood"
+    finetune_fraction: float = 0.2
     device: str = "auto"
     precision: str = "auto"
     gradient_checkpointing: bool = False
@@ -204,6 +211,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("train", "batch_size"): _POSITIVE,
     ("train", "eval_batch_size"): _POSITIVE,
     ("train", "eval_every"): _COUNT,
+    ("train", "eval_seconds"): ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means never)"),
+    ("train", "eval_images"): _COUNT,
     ("train", "checkpoint_every"): _COUNT,
     ("train", "log_every"): _COUNT,
     ("train", "sample_every"): _COUNT,
@@ -218,7 +227,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("data", "workers"): ((lambda v: v is None or 0 <= v <= 64), "null (automatic) or an integer in [0, 64]"),
     ("data", "downsample"): ((lambda v: v is None or v in (1, 2, 4, 8, 16)), "null or a factor in 1, 2, 4, 8, 16"),
     ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
-    ("train", "objective"): _one_of("likelihood", "flow_matching"),
+    ("train", "objective"): _one_of("likelihood", "flow_matching", "flow_matching_then_likelihood"),
+    ("train", "finetune_fraction"): _FRACTION,
     ("train", "device"): _one_of("auto", "cpu", "cuda"),
     ("train", "precision"): _one_of("auto", "float32", "bf16-mixed"),
 }

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from msflow.core import evaluates
 from msflow.data import ImageDataset
 from msflow.metrics.bpd import mean_and_stderr
-from msflow.train.objective import bpd_score
+from msflow.train.objective import bpd_score, function_evaluations
 from msflow.viz import save_grid
 
 
@@ -27,6 +27,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+DIVERGED_BPD = 1000.0
+"""Bits/dim above which an image counts as diverged: 8-bit data costs at most 8 bits/dim under
+any density near uniform; 1000 only comes from a solve that blew up."""
+
+
 @evaluates
 def dataset_bits_per_dim(
     model: nn.Module,
@@ -35,8 +40,10 @@ def dataset_bits_per_dim(
     seed: int = 0,
     progress: bool = False,
     score: Callable[[nn.Module, Tensor, torch.Generator], Tensor] | None = None,
+    limit: int = 0,
 ) -> Tensor:
-    """Per-image bits/dim of a whole dataset with one seeded uniform dequantization draw.
+    """Per-image bits/dim of a whole dataset (or its first ``limit`` images) with one seeded
+    uniform dequantization draw.
 
     The noise comes from a CPU generator seeded with ``seed`` and the batches are taken in
     order, so the same weights give the same numbers on every call (and on CPU and CUDA up to
@@ -50,15 +57,21 @@ def dataset_bits_per_dim(
     generator = torch.Generator().manual_seed(seed)
     out = []
     conds = getattr(dataset, "conds", None)
-    batches = range(0, len(dataset), batch_size)
-    for start in tqdm(batches, desc="eval", leave=False, disable=not progress):
-        x = dataset.images[start : start + batch_size].to(device)
+    n = min(limit, len(dataset)) if limit > 0 else len(dataset)
+    bar = tqdm(total=n, desc="eval", unit="img", leave=False, disable=not progress, dynamic_ncols=True)
+    for start in range(0, n, batch_size):
+        x = dataset.images[start : min(start + batch_size, n)].to(device)
+        nfe_before = function_evaluations(model)
         if conds is not None:
-            cond = conds[start : start + batch_size].to(device)
+            cond = conds[start : min(start + batch_size, n)].to(device)
             values = (score or bpd_score(None))(model, x, generator, cond)
         else:
             values = model.bits_per_dim(x, generator=generator) if score is None else score(model, x, generator)
         out.append(values.to(torch.float64).cpu())
+        bar.update(len(x))
+        if nfe_before is not None:  # a continuous flow: the solver's work on this batch
+            bar.set_postfix(nfe=function_evaluations(model) - nfe_before)
+    bar.close()
     model.train(was_training)
     return torch.cat(out)
 
@@ -87,11 +100,17 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     score: Callable[[nn.Module, Tensor, torch.Generator], Tensor] | None = None,
+    limit: int = 0,
 ) -> dict[str, float]:
-    """Test bits/dim as ``{"bpd": mean, "bpd_stderr": standard error, "n": images}``."""
-    values = dataset_bits_per_dim(model, dataset, batch_size, seed, progress=progress, score=score)
+    """Test bits/dim as ``{"bpd": mean, "bpd_stderr": standard error, "n": images, "diverged": count}``
+    (of the first ``limit`` images when ``limit > 0``); ``diverged`` counts images with non-finite
+    bits/dim or above :data:`DIVERGED_BPD`."""
+    values = dataset_bits_per_dim(model, dataset, batch_size, seed, progress=progress, score=score, limit=limit)
     mean, stderr = mean_and_stderr(values)
-    return {"bpd": mean, "bpd_stderr": stderr, "n": len(values)}
+    # A diverging ODE gives a few images astronomical bits/dim (or inf) that swamp the mean: count
+    # them, so a report can say so instead of printing a meaningless average.
+    diverged = int((~torch.isfinite(values) | (values > DIVERGED_BPD)).sum())
+    return {"bpd": mean, "bpd_stderr": stderr, "n": len(values), "diverged": diverged}
 
 
 @evaluates
@@ -103,8 +122,11 @@ def sample_grids(
     seed: int,
     tag: str,
     pairs: tuple[Tensor, Tensor] | None = None,
+    progress: bool = False,
 ) -> list[Path]:
     """Write one PNG grid of ``n`` samples per temperature; returns the paths.
+
+    ``progress`` shows a bar over the temperatures (with a continuous flow's function evaluations).
 
     A multi-resolution model also gets one grid per coarser resolution, ``{tag}_t{T}_{h}x{w}.png``:
     the same samples at the resolutions they were generated through (MRCNF, Figures 6-7). A
@@ -116,7 +138,9 @@ def sample_grids(
     was_training = model.training
     model.eval()
     paths = []
-    for temperature in temperatures:
+    bar = tqdm(temperatures, desc=f"sample {n}", unit="T", leave=False, disable=not progress, dynamic_ncols=True)
+    for temperature in bar:
+        nfe_before = function_evaluations(model)
         generator = torch.Generator().manual_seed(seed)
         name = f"{tag}_t{temperature:.2f}"
         if hasattr(model, "sample_resolutions"):
@@ -128,6 +152,8 @@ def sample_grids(
             images = model.sample(n, temperature=temperature, generator=generator)
         scale = max(1, 96 // images.shape[-1])
         paths.append(save_grid(images, out_dir / f"{name}.png", scale=scale))
+        if nfe_before is not None:
+            bar.set_postfix(T=temperature, nfe=function_evaluations(model) - nfe_before)
     model.train(was_training)
     return paths
 

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from msflow._io import finite_json, remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
@@ -45,8 +44,9 @@ from msflow.train.evaluate import evaluate, resolve_device, sample_grids
 from msflow.train.lock import run_lock
 from msflow.train.logdets import LogdetTracker
 from msflow.train.metrics_log import MetricsLog
-from msflow.train.objective import bpd_score, function_evaluations, make_objective
+from msflow.train.objective import bpd_score, function_evaluations, objective_schedule
 from msflow.train.precision import resolve_precision
+from msflow.train.progress import TrainingBar
 from msflow.train.run import CHECKPOINT
 from msflow.train.run_state import _Guard, _meta, _plateau, _resume, _state_tensors, versions  # noqa: F401
 from msflow.transforms.ode_solver import solver_errors_in_backward
@@ -162,7 +162,7 @@ def _train(cfg: Config) -> dict[str, Any]:
     train_set, test_set = load_data(cfg, "train"), load_data(cfg, "test")
     model = build_model(cfg, device)
     check_compatible(model, train_set, cfg)
-    objective = make_objective(model, t.objective, t.level)
+    objective_at = objective_schedule(model, t.objective, t.level, t.finetune_fraction)
     conds = getattr(test_set, "conds", None)
     if conds is not None and t.logdet_every:
         raise ConfigError("train.logdet_every tracks unconditional flows only; set it to 0 for a conditional model")
@@ -180,9 +180,10 @@ def _train(cfg: Config) -> dict[str, Any]:
     reported = step >= t.steps  # a finished run, rerun: report it again, log nothing twice
     clock_fn = time.process_time if t.budget_clock == "cpu" else time.perf_counter
     started, spent_before = clock_fn(), guard.train_seconds
+    paused = 0.0  # budget-clock seconds of evaluations during training: not training time
 
     def spent() -> float:
-        return spent_before + clock_fn() - started
+        return spent_before + clock_fn() - started - paused
 
     if ranks.main:
         for folder in (run_dir, run_dir / "samples"):
@@ -194,7 +195,7 @@ def _train(cfg: Config) -> dict[str, Any]:
         return _state_tensors(model, opt, ema, noise)
 
     def checkpoint(tensors: dict[str, Tensor], optim_meta: dict, results: dict | None = None) -> None:
-        guard.train_seconds = spent()
+        guard.train_seconds = spent() if results is None else trained
         if ranks.main:
             save_checkpoint(ckpt, tensors, finite_json(_meta(cfg, model, step, guard, optim_meta, results)))
 
@@ -215,12 +216,14 @@ def _train(cfg: Config) -> dict[str, Any]:
             guard.plateau = saved.plateau
         log.write({"step": step, "event": "rollback", "why": why, "to_step": back, "lr_scale": lr_scale})
         bar.write(f"step {step}: {why}; rolled back to step {back} with the learning rate x {lr_scale:g}")
-        bar.n = back
+        bar.rewind(back, spent())
         return back
 
-    def eval_now() -> dict[str, float]:
+    def eval_now(progress: bool = False) -> dict[str, float]:
         with ema.applied(model) if ema else nullcontext():
-            return evaluate(model, test_set, t.eval_batch_size, seed=t.seed, score=score)
+            return evaluate(
+                model, test_set, t.eval_batch_size, seed=t.seed, progress=progress, score=score, limit=t.eval_images
+            )
 
     if step == 0:
         if ranks.main:
@@ -228,8 +231,9 @@ def _train(cfg: Config) -> dict[str, Any]:
             write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         checkpoint(*state())  # the state a roll-back returns to before the first periodic checkpoint
     show = t.progress and ranks.main
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {cfg.name}", disable=not show, dynamic_ncols=True)
+    bar = TrainingBar(t.steps, step, t.max_seconds, spent(), f"train {cfg.name}", show, t.budget_clock)
     seen, clock = 0, time.perf_counter()
+    next_eval = (math.floor(spent() / t.eval_seconds) + 1) * t.eval_seconds if t.eval_seconds else 0.0
     model.train()
     # Every rank must agree on when the time budget ends.
     stream, stream_step, pending = batches.iterate(step), step, False
@@ -246,8 +250,9 @@ def _train(cfg: Config) -> dict[str, Any]:
         nfe_before = function_evaluations(model)
         noise_state = noise.get_state()
         skip_noise(noise, first, x.shape[1:])  # the other ranks' images come first in the global batch
+        progress = spent() / t.max_seconds if t.max_seconds else step / t.steps
         with subnet_precision(t.precision):
-            loss, logged = objective(model, x, noise, cond)
+            loss, logged = objective_at(progress)(model, x, noise, cond)
         if ranks.world > 1:  # every rank logs and decides on the global batch's mean
             noise.set_state(noise_state)
             skip_noise(noise, t.batch_size, x.shape[1:])
@@ -283,7 +288,7 @@ def _train(cfg: Config) -> dict[str, Any]:
                     f"step {step}: the smoothed training loss has not improved for {plateau.since} steps; "
                     f"learning rate x {plateau.factor:g} from here on"
                 )
-        bar.update(1)
+        bar.advance(step, spent())
         if _every(step, t.log_every) or step == t.steps:
             elapsed = time.perf_counter() - clock
             record = {"step": step, **{k: v.item() for k, v in logged.items()}, "lr": lr}
@@ -292,7 +297,7 @@ def _train(cfg: Config) -> dict[str, Any]:
                 record["nfe"] = function_evaluations(model) - nfe_before
             log.write({**record, "img_per_s": seen / elapsed})
             shown = "loss_bpd" if "loss_bpd" in record else "loss_fm"
-            bar.set_postfix({shown[5:]: f"{record[shown]:.3f}"})
+            bar.set_loss(shown[5:], record[shown])
             seen, clock = 0, time.perf_counter()
         due = _every(step, t.checkpoint_every) or step == t.steps or pending
         bad = _non_finite(state()[0]) if due else None
@@ -302,9 +307,14 @@ def _train(cfg: Config) -> dict[str, Any]:
             continue
         if logdets is not None and _every(step, t.logdet_every):
             logdets.measure(x, step)
-        if _every(step, t.eval_every) and step < t.steps and ranks.main:
+        timed = bool(t.eval_seconds) and spent() >= next_eval
+        if (_every(step, t.eval_every) or timed) and step < t.steps and ranks.main:
+            at, before = spent(), clock_fn()
             result = eval_now()
-            log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"]})
+            paused += clock_fn() - before
+            next_eval = (math.floor(at / t.eval_seconds) + 1) * t.eval_seconds if t.eval_seconds else 0.0
+            record = {"step": step, "train_seconds": at, "test_bpd": result["bpd"]}
+            log.write({**record, "test_bpd_stderr": result["bpd_stderr"]})
             bar.write(f"step {step}: test bits/dim {result['bpd']:.4f} +- {result['bpd_stderr']:.4f}")
         if _every(step, t.sample_every) and t.num_samples and ranks.main:
             with ema.applied(model) if ema else nullcontext():
@@ -319,6 +329,7 @@ def _train(cfg: Config) -> dict[str, Any]:
             _periodic_checkpoint(partial(checkpoint, *state()), ckpt, step, log, bar)
     bar.close()
     stream.close()
+    trained = spent()  # the budget counts training only, not the evaluation and sampling below
     if guard.bad_in_a_row:
         raise TrainingDiverged(
             f"training ended inside a streak of {guard.bad_in_a_row} steps with a non-finite loss or gradient; "
@@ -332,14 +343,20 @@ def _train(cfg: Config) -> dict[str, Any]:
         logdets.plot()
     if hasattr(model, "level_dims"):
         _plot_levels(run_dir)
-    result = eval_now()
+    wall_before_eval = time.perf_counter()
+    result = eval_now(progress=show)
     if not reported:
-        log.write({"step": step, "test_bpd": result["bpd"], "test_bpd_stderr": result["bpd_stderr"], "final": True})
+        record = {"step": step, "train_seconds": trained, "test_bpd": result["bpd"]}
+        log.write({**record, "test_bpd_stderr": result["bpd_stderr"], "final": True})
     grids = []
     if t.num_samples:
         with ema.applied(model) if ema else nullcontext():
-            grids = sample_grids(model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final", pairs)
+            grids = sample_grids(
+                model, run_dir / "samples", t.num_samples, t.temperatures, t.seed, "final", pairs, progress=show
+            )
     result.update({"run_dir": str(run_dir), "samples": [str(p) for p in grids], "steps": step})
+    # What the budget bought, and what the report after it cost (issue 26: at most a quarter).
+    result.update(train_seconds=trained, report_wall_seconds=time.perf_counter() - wall_before_eval)
     if o.plateau_patience or guard.plateau.drop_step is not None:
         result["lr_drop_step"] = guard.plateau.drop_step
     if step < t.steps:

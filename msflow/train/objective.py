@@ -6,6 +6,10 @@
   level's bits/dim (``bpd_level<s>``), the per-level curves of MRCNF's Figure 5b.
 - ``flow_matching`` (models whose levels are CNF blocks): the conditional flow-matching loss of
   :mod:`msflow.transforms.flow_matching`, simulation-free; bits/dim is still evaluated by the ODE.
+- ``flow_matching_then_likelihood``: flow matching, then maximum likelihood for the last
+  ``train.finetune_fraction`` of the run (of ``train.max_seconds`` when it is set, else of
+  ``train.steps``): the cheap regression gets the fields close, the likelihood tunes the very
+  solve the model is scored by.
 
 A multi-resolution model can train a single level (``train.level``): its likelihood is a sum of
 independent per-level terms (eq. 11), so level ``s`` is fitted alone by minimising its own
@@ -24,7 +28,7 @@ from msflow.errors import ConfigError
 
 Score = Callable[..., Tensor]
 """``score(model, x, generator, cond=None) -> (B,)`` per-image bits/dim."""
-OBJECTIVES = ("likelihood", "flow_matching")
+OBJECTIVES = ("likelihood", "flow_matching", "flow_matching_then_likelihood")
 
 
 class StepLoss(NamedTuple):
@@ -91,13 +95,38 @@ def _flow_matching(level: int | None) -> Objective:
     def objective(
         model: nn.Module, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
     ) -> StepLoss:
-        losses = model.level_flow_matching_losses(x, generator, None if level is None else [level])
+        terms = model.level_flow_matching_terms(x, generator, None if level is None else [level])
         first = 0 if level is None else level
-        logged = {f"fm_level{first + i}": v.detach().mean() for i, v in enumerate(losses)}
-        loss = sum(v.mean() for v in losses)
-        return StepLoss(loss, {"loss_fm": loss.detach(), **logged})
+        logged = {}
+        for i, parts in enumerate(terms):
+            logged[f"fm_level{first + i}"] = parts["fm"].detach().mean()
+            if "prefix_nll" in parts:  # the exact normaliser's own likelihood (nats/dim)
+                logged[f"nll_level{first + i}"] = parts["prefix_nll"].detach().mean()
+        fm = sum(parts["fm"].mean() for parts in terms)
+        loss = sum(sum(parts.values()).mean() for parts in terms)
+        return StepLoss(loss, {"loss_fm": fm.detach(), **logged})
 
     return objective
+
+
+def objective_schedule(
+    model: nn.Module, name: str, level: int | None, finetune_fraction: float = 0.0
+) -> Callable[[float], Objective]:
+    """``progress -> objective`` for ``progress`` in [0, 1], the share of the run done.
+
+    Example:
+        >>> from msflow import create_model
+        >>> model = create_model("mrcnf-mnist", image_shape=(1, 8, 8), resolutions=2, steps=1, hidden=4)
+        >>> pick = objective_schedule(model, "flow_matching_then_likelihood", None, finetune_fraction=0.25)
+        >>> pick(0.5) is pick(0.7), pick(0.5) is pick(0.8)
+        (True, False)
+    """
+    if name != "flow_matching_then_likelihood":
+        single = make_objective(model, name, level)
+        return lambda progress: single
+    first, then = make_objective(model, "flow_matching", level), make_objective(model, "likelihood", level)
+    switch = 1.0 - finetune_fraction
+    return lambda progress: first if progress < switch else then
 
 
 def make_objective(model: nn.Module, name: str, level: int | None) -> Objective:
@@ -106,7 +135,7 @@ def make_objective(model: nn.Module, name: str, level: int | None) -> Objective:
     if name == "likelihood":
         return _likelihood(level)
     if name == "flow_matching":
-        if not hasattr(model, "level_flow_matching_losses"):
+        if not hasattr(model, "level_flow_matching_terms"):
             raise ConfigError(
                 f"train.objective=flow_matching trains continuous flows (an mrcnf-* preset with density=cnf); "
                 f"{type(model).__name__} has no vector fields: use train.objective=likelihood"
@@ -114,7 +143,7 @@ def make_objective(model: nn.Module, name: str, level: int | None) -> Objective:
         for s in range(model.num_resolutions) if level is None else [level]:
             model.level_cnf_blocks(s)  # raises a ConfigError naming the fix for non-CNF levels
         return _flow_matching(level)
-    raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES[:2])} here, got {name!r}")
 
 
 def function_evaluations(model: nn.Module) -> int | None:
