@@ -30,12 +30,13 @@ from torch import Tensor, nn
 
 from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
-from msflow.errors import ConfigError, ShapeError
+from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._image_flow import ImageFlow
+from msflow.models.multires_superres import PyramidSuperResolution
+from msflow.models.multires_training import CNFLevelTraining
 from msflow.transforms import PYRAMIDS, Affine, PyramidMap, UniformDequantize
-from msflow.transforms.cnf import CNF, cnf_blocks, skip_logdets
-from msflow.transforms.flow_matching import flow_matching_loss
+from msflow.transforms.cnf import cnf_blocks, skip_logdets
 
 LevelFactory = Callable[[int, int, Shape], InvertibleModule]
 """``factory(channels, cond_channels, shape) -> flow`` of one level; ``shape`` is its ``(C, H, W)``."""
@@ -60,7 +61,7 @@ def check_halvable(image_shape: Shape, resolutions: int) -> None:
         )
 
 
-class MultiResolutionFlow(ImageFlow):
+class MultiResolutionFlow(CNFLevelTraining, PyramidSuperResolution, ImageFlow):
     r"""MRCNF: one conditional flow per resolution over an exact image pyramid.
 
     Args:
@@ -315,74 +316,6 @@ class MultiResolutionFlow(ImageFlow):
         v, log_q = self._dequantize(x, generator)
         return bits_per_dim(self.log_prob_continuous(v), self.num_dims, self.dequantizer.n_bits, log_q)
 
-    # ------------------------------------------------------------ flow matching
-
-    def level_cnf_blocks(self, s: int) -> tuple[list[InvertibleModule], list[CNF]]:
-        """Level ``s`` as ``(exact prefix blocks, CNF blocks)`` in forward order.
-
-        The prefix (e.g. the detail normaliser of ``normalize_details``) holds no CNF; every
-        block after it is a CNF. Any other layout raises a :class:`ConfigError` naming the fix.
-        """
-        level = self.levels[s]
-        blocks = list(level.blocks) if isinstance(level, FlowSequential) else [level]
-        first = next((i for i, b in enumerate(blocks) if isinstance(b, CNF)), len(blocks))
-        prefix, chain = blocks[:first], blocks[first:]
-        if not chain or not all(isinstance(b, CNF) for b in chain) or cnf_blocks(nn.ModuleList(prefix)):
-            kinds = sorted({type(b).__name__ for b in chain if not isinstance(b, CNF)} or {"no CNF"})
-            raise ConfigError(
-                f"flow matching trains levels made of CNF blocks (after an optional exact prefix); level {s} "
-                f"has {', '.join(kinds)}: use model.options.density=cnf or train.objective=likelihood"
-            )
-        return prefix, chain
-
-    def level_flow_matching_terms(
-        self, x: Tensor, generator: torch.Generator | None = None, levels: Sequence[int] | None = None
-    ) -> list[dict[str, Tensor]]:
-        r"""Per-level simulation-free training losses: ``{"fm": (B,), "prefix_nll": (B,)}`` per level
-        (``prefix_nll`` only for a level with an exact prefix).
-
-        Level ``s``'s CNF blocks regress the velocity of the straight path from their input to
-        the base ``N(0, \sigma_s^2 I)`` (:func:`~msflow.transforms.flow_matching.flow_matching_loss`).
-        Their input is the level's data (the details ``y_s`` given ``x_{s+1}``, or the
-        preprocessed top image) after the level's exact prefix ``h = g(y)``, if it has one; the
-        prefix is fitted by its own maximum likelihood with the CNF taken as the identity,
-
-        .. math::
-
-            \mathcal{L}_{	ext{prefix}} = \operatorname{mean}_d ig(	frac12 (h / \sigma_s)^2
-                + \log \sigma_s + 	frac12 \log 2\piig) - \log|\det \partial h / \partial y| / d,
-
-        and the flow-matching regression sees ``h`` detached (otherwise shrinking ``h`` would
-        shrink its loss). The density is unchanged: bits/dim is still computed by the ODE.
-        """
-        which = range(self.num_resolutions) if levels is None else levels
-        chains = {s: self.level_cnf_blocks(s) for s in which}
-        v, _ = self._dequantize(x, generator)
-        images, details, _ = self.decompose(v)
-        terms = []
-        for s, (prefix, chain) in chains.items():
-            if s < self.num_resolutions - 1:
-                x0, cond = details[s], self._condition(images[s + 1], s)
-            else:
-                (x0, _), cond = self.top_preprocess(images[-1]), None
-            std = self.prior_stds[s]
-            level: dict[str, Tensor] = {}
-            if prefix:
-                x0, logdet = FlowSequential(*prefix)(x0, cond)
-                dims = math.prod(x0.shape[1:])
-                log_p = standard_normal_log_prob(x0 / std) - dims * math.log(std)
-                level["prefix_nll"] = -(log_p + logdet) / dims
-                x0 = x0.detach()
-            level["fm"] = flow_matching_loss(chain, x0, cond, std, generator)
-            terms.append(level)
-        return terms
-
-    def level_flow_matching_losses(
-        self, x: Tensor, generator: torch.Generator | None = None, levels: Sequence[int] | None = None
-    ) -> list[Tensor]:
-        """Per-level training losses ``(B,)``: the sums of :meth:`level_flow_matching_terms`."""
-        return [sum(level.values()) for level in self.level_flow_matching_terms(x, generator, levels)]
-
     # ------------------------------------------------------------ sampling
 
     def sample_latents(
@@ -393,82 +326,6 @@ class MultiResolutionFlow(ImageFlow):
         return [
             standard_normal_sample((n, *s), temperature, generator, device, self._dtype()) for s in self._latent_shapes
         ]
-
-    @torch.no_grad()
-    def superres(
-        self,
-        coarse: Tensor,
-        levels: int = 1,
-        temperature: float = 1.0,
-        n: int = 1,
-        generator: torch.Generator | None = None,
-        quantize: bool = True,
-    ) -> Tensor:
-        """Generate ``2^levels`` times larger images whose 2x2 blocks average to ``coarse``.
-
-        ``coarse`` is a batch ``(B, C, h, w)`` of integer images (uint8, taken at their bins'
-        centres ``(x + 1/2) / 2^b``) or continuous average images in [0, 1]. At one of the
-        pyramid's coarser resolutions ``k`` it is refined by levels ``k-1 .. k-levels``; at any
-        other size (a whole photo, say) by the ``levels`` finest detail levels, whose
-        convolutional flows take any size. Before quantization every generated 2x2 block (and,
-        over ``levels`` steps, every ``2^levels`` block) averages exactly to its input pixel, up
-        to float rounding. Returns ``(B * n, C, 2^levels h, 2^levels w)``, ``n`` samples per input.
-        """
-        k = self._resolution_of(coarse, levels)
-        v = coarse
-        if not coarse.is_floating_point():
-            self.dequantizer.check(coarse)
-            v = (coarse.double() + 0.5) / self.dequantizer.levels
-        x = (v.to(self._dtype()) * self._ranges[k]).repeat_interleave(n, dim=0)
-        with skip_logdets(self):
-            for s in reversed(range(k - levels, k)):
-                shape = (x.shape[0], self._latent_shapes[s][0], *x.shape[-2:])
-                eps = standard_normal_sample(shape, temperature, generator, x.device, x.dtype)
-                x = self._decode_level(s, eps, x)
-        v_fine = x / self._ranges[k - levels]
-        return self.dequantizer.quantize(v_fine) if quantize else v_fine
-
-    def _resolution_of(self, coarse: Tensor, levels: int) -> int:
-        """The level index ``k`` whose coarse image ``coarse`` is taken to be."""
-        if coarse.dim() != 4 or coarse.shape[1] != self.image_shape[0] or min(coarse.shape[-2:]) < 1:
-            raise ShapeError(
-                f"superres takes images (B, {self.image_shape[0]}, h, w) with this model's "
-                f"{self.image_shape[0]} channel(s), got {tuple(coarse.shape)}"
-            )
-        if not 1 <= levels < self.num_resolutions:
-            raise ValueError(
-                f"this {self.num_resolutions}-resolution model can super-resolve 1..{self.num_resolutions - 1} "
-                f"level(s) (x2 per level), not {levels}"
-            )
-        sizes = {tuple(s[1:]): i for i, s in enumerate(self._image_shapes) if i > 0}
-        k = sizes.get(tuple(coarse.shape[-2:]), levels)
-        if levels > k:
-            raise ValueError(f"a {coarse.shape[-2]}x{coarse.shape[-1]} image can be super-resolved 1..{k} levels")
-        return k
-
-    # ------------------------------------------------------------ training hooks
-
-    def _clear_regularizers(self) -> None:
-        for block in cnf_blocks(self):
-            block.last_regularizers = {}
-
-    @property
-    def density_needs_autograd(self) -> bool:
-        """True with CNF levels: their trace needs autograd, so evaluate under no_grad, not inference_mode."""
-        return bool(cnf_blocks(self))
-
-    def regularization_loss(self) -> Tensor | float:
-        """RNODE loss of the last density evaluation: ``sum`` over CNF blocks of ``sum_k w_k mean(r_k)``.
-
-        Add it to the bits/dim loss (MRCNF: weights 0.01). Blocks of levels that did not run in
-        the last call contribute nothing.
-        """
-        return sum((block.regularization_loss() for block in cnf_blocks(self)), 0.0)
-
-    def nfe(self) -> dict[str, int]:
-        """Function evaluations: ``last`` (of every block's most recent solve) and ``total`` (cumulative)."""
-        blocks = cnf_blocks(self)
-        return {"last": sum(b.last_nfe for b in blocks), "total": sum(b.total_nfe for b in blocks)}
 
 
 def build_multires(
