@@ -28,3 +28,10 @@ class ConfigError(MsflowError):
 
 class SolverError(MsflowError):
     """An ODE solve that failed (step size underflow, too many steps, non-finite state)."""
+
+
+class MissingDependencyError(MsflowError, ImportError):
+    """An optional package (an extra such as ``msflow[data]``) that a feature needs is not installed.
+
+    It is an :class:`ImportError` too, so code that falls back when a package is missing keeps working.
+    """

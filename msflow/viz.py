@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
 
 from msflow._io import atomic_write
+from msflow._optional import require
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -57,3 +62,19 @@ def save_image(image: Tensor, path: str | Path) -> Path:
     path = Path(path)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return path
+
+
+def figure(purpose: str, **kwargs: Any) -> Figure:
+    """A matplotlib ``Figure(**kwargs)`` drawn by the Agg canvas, with no pyplot (global) state.
+
+    matplotlib is in the ``data`` extra: without it this raises a one-line
+    :class:`~msflow.errors.MissingDependencyError` that starts with ``purpose``.
+
+    Example:
+        >>> fig = figure("a test plot", figsize=(2, 2))
+        >>> type(fig.canvas).__name__
+        'FigureCanvasAgg'
+    """
+    fig = require("matplotlib.figure", "data", purpose).Figure(**kwargs)
+    require("matplotlib.backends.backend_agg", "data", purpose).FigureCanvasAgg(fig)
+    return fig

@@ -20,7 +20,7 @@ from msflow.cli import main
 from msflow.data import ImageDataset, get_dataset
 from msflow.data.convert import convert_channels, crop_or_pad, resize, to_shape
 from msflow.data.ood_sets import SYNTHETIC, load_ood_set, ood_choices, subset
-from msflow.errors import ConfigError, DataError, ShapeError
+from msflow.errors import ConfigError, DataError, MissingDependencyError, ShapeError
 from msflow.metrics.complexity import CODECS, complexity, decode_image, encode_image
 from msflow.metrics.ood import auroc, complexity_score, ood_scores, typicality_score
 from msflow.train.evaluate import dataset_bits_per_dim
@@ -140,7 +140,7 @@ def test_codec_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="png, webp, jpeg2000, jpegxl"):
         complexity(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), "gif")
     monkeypatch.setitem(sys.modules, "imagecodecs", None)  # as if it were not installed
-    with pytest.raises(ConfigError, match="pip install imagecodecs"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'msflow\[metrics\]' \(or pip install imagecodecs\)"):
         complexity(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), "jpegxl")
 
 

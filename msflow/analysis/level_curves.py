@@ -18,6 +18,7 @@ import numpy as np
 
 from msflow._io import atomic_write
 from msflow.errors import MsflowError
+from msflow.viz import figure
 
 LEVEL_PLOT = "levels.png"
 
@@ -83,12 +84,8 @@ def plot_level_curves(runs: Sequence[str | Path], out: str | Path, smooth: int =
     curves = level_curves(runs)
     if not curves:
         raise MsflowError(f"no per-level records in {', '.join(map(str, runs))}; train a multi-resolution model")
-    try:
-        from matplotlib.figure import Figure  # optional (the `data` extra); Figure needs no pyplot backend
-    except ImportError:
-        raise ImportError("plotting level curves needs matplotlib: pip install matplotlib") from None
     panels = [k for k in ("train bits/dim", "flow-matching loss") if k in curves]
-    fig = Figure(figsize=(6 * len(panels), 4.5), dpi=100, layout="constrained")
+    fig = figure("plotting level curves", figsize=(6 * len(panels), 4.5), dpi=100, layout="constrained")
     for i, kind in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for level, points in sorted(curves[kind].items()):

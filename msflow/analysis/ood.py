@@ -41,6 +41,7 @@ from msflow.data.ood_sets import check_ood_names, load_ood_set, subset
 from msflow.metrics.bpd import mean_and_stderr
 from msflow.metrics.complexity import complexity, get_codec
 from msflow.metrics.ood import auroc, ood_scores
+from msflow.viz import figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -166,11 +167,7 @@ def ood_histogram(result: OODResult, path: str | Path, title: str | None = None)
     narrow set still shows as a peak beside a wide one. Writes a PNG (atomically) and returns
     the figure (Agg canvas, no pyplot state).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.2, 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure("plotting bits/dim histograms", figsize=(7.2, 3.6), layout="constrained")
     ax = fig.subplots()
     for s in [result.inlier, *result.outliers]:
         values = (-s.bpd).numpy()

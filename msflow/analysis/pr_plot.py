@@ -18,6 +18,7 @@ from torch import Tensor
 from msflow._io import atomic_write
 from msflow.errors import MsflowError
 from msflow.metrics.segmentation import PRCurve, max_f_score
+from msflow.viz import figure
 
 _ISO_F = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -56,11 +57,6 @@ def plot_precision_recall(curves: Mapping[str, PRCurve], points: Mapping[str, Te
     points = dict(points or {})
     if not curves and not points:
         raise MsflowError("plot_precision_recall needs at least one curve or one set of sample points")
-    try:
-        from matplotlib.figure import Figure  # optional dependency; Figure renders with Agg, no pyplot
-    except ImportError:
-        raise ImportError("plotting precision-recall curves needs matplotlib: pip install matplotlib") from None
-
     names = list(dict.fromkeys([*curves, *points]))
     colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
     best = {name: max_f_score(curve) for name, curve in curves.items()}
@@ -69,7 +65,7 @@ def plot_precision_recall(curves: Mapping[str, PRCurve], points: Mapping[str, Te
         return f"{name} (F={best[name].f:.3f})" if name in best else name
 
     panels = 2 if points else 1
-    fig = Figure(figsize=(5.5 * panels, 5.0), layout="constrained")
+    fig = figure("plotting precision-recall curves", figsize=(5.5 * panels, 5.0), layout="constrained")
     axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
     for ax in axes:
         _iso_f(ax)

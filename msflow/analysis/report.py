@@ -31,9 +31,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from msflow._io import atomic_write
+from msflow._optional import require
 from msflow.core import evaluation_context
 from msflow.errors import MsflowError
-from msflow.viz import image_grid
+from msflow.viz import figure, image_grid
 
 REPORT, METRICS, RESULTS = "report.html", "metrics.jsonl", "results.json"
 OOD_JSON, TEMPERATURE_JSON = "ood.json", "temperature.json"
@@ -65,10 +66,7 @@ def png_uri(data: bytes) -> str:
 
 
 def figure_png(fig: Any) -> bytes:
-    """PNG bytes of a matplotlib :class:`~matplotlib.figure.Figure` (Agg canvas, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
+    """PNG bytes of a matplotlib :class:`~matplotlib.figure.Figure` made by :func:`msflow.viz.figure`."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
@@ -86,9 +84,7 @@ def grid_png(images: Tensor, scale: int = 1) -> bytes:
 
 def curves_figure(records: list[dict[str, Any]]) -> Any:
     """Training loss and test bits/dim against step (left) and the learning rate (right)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = figure("plotting training curves", figsize=(10, 3.6), layout="constrained")
     ax, ax_lr = fig.subplots(1, 2)
     train = [r for r in records if r.get("loss_bpd") is not None]
     test = [r for r in records if r.get("test_bpd") is not None]
@@ -186,15 +182,13 @@ def _bpd_section(run: Path, records: list[dict[str, Any]], meta: dict[str, Any])
 
 
 def _ood_section(data: dict[str, Any]) -> str:
-    from matplotlib.figure import Figure
-
     sets = [data["in_distribution"], *data.get("ood", [])]
     keys = ("-bpd", "S", "typicality")
     rows = [[s["name"], s["n"], s["bpd"], s["bpd_stderr"], *(s.get("auroc", {}).get(k) for k in keys)] for s in sets]
     body = _table(["set", "images", "mean bits/dim", "stderr", *(f"AUROC({k})" for k in keys)], rows)
     per_image = data.get("per_image", {})
     if per_image:
-        fig = Figure(figsize=(7.2, 3.6), layout="constrained")
+        fig = figure("plotting bits/dim histograms", figsize=(7.2, 3.6), layout="constrained")
         ax = fig.subplots()
         for name, values in per_image.items():
             ax.hist([-b for b in values["bpd"]], bins=30, density=True, histtype="step", label=name)
@@ -282,12 +276,8 @@ def write_report(run: str | Path, out: str | Path | None = None, **kwargs: Any) 
 
 
 def check_tensorboard() -> None:
-    """Raise a one-line :class:`MsflowError` unless TensorBoard's writer is importable."""
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        raise MsflowError("--tensorboard needs TensorBoard, which is not installed: pip install tensorboard") from None
+    """Raise a one-line :class:`~msflow.errors.MissingDependencyError` unless TensorBoard is installed."""
+    require("tensorboard", "metrics", "--tensorboard")
 
 
 def write_tensorboard(run: str | Path) -> Path:

@@ -29,6 +29,7 @@ from msflow._io import atomic_write
 from msflow.analysis.ood import BpdFn
 from msflow.data.ood_sets import check_patch_sizes, shuffle_patches
 from msflow.metrics.bpd import mean_and_stderr
+from msflow.viz import figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -92,11 +93,7 @@ def shuffle_patch_figure(rows: Sequence[PatchRow], path: str | Path, title: str 
 
     Writes a PNG (atomically) and returns the figure (Agg canvas, no pyplot state).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(4.0, 1.1 * len(rows)), 4.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure("plotting shuffled patches", figsize=(max(4.0, 1.1 * len(rows)), 4.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 2.2])
     for ax, r in zip(top.subplots(1, len(rows), squeeze=False)[0], rows, strict=True):
         image = r.example.permute(1, 2, 0).numpy()

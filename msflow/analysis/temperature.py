@@ -39,7 +39,7 @@ from msflow.core import evaluates
 from msflow.data import ImageDataset
 from msflow.errors import MsflowError, ShapeError
 from msflow.metrics.frechet import fit_gaussian, gaussian_frechet_distance
-from msflow.viz import image_grid
+from msflow.viz import figure, image_grid
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -176,16 +176,12 @@ def temperature_figure(result: dict[str, Any], path: str | Path, title: str = ""
 
     Returns the matplotlib figure (Agg canvas, no pyplot state); the PNG is written atomically.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = result["rows"]
     k = len(rows)
     width = max(6.0, 1.25 * k)
     # The strip is as tall as one square panel (plus its title), so the grids fill it.
     strip = width / k + 0.3
-    fig = Figure(figsize=(width, 3.2 + strip), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure("plotting temperature curves", figsize=(width, 3.2 + strip), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[3.2, strip])
     ax = top.subplots()
     temps = [r["temperature"] for r in rows]

@@ -39,6 +39,7 @@ from msflow.distributions import standard_normal_log_prob
 from msflow.errors import MsflowError
 from msflow.models.balanced import balanced_block
 from msflow.nn.subnets import conv_subnet
+from msflow.viz import figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -211,14 +212,10 @@ def toy_figure(flow: FlowSequential, data: Tensor, path: str | Path, points: int
     Returns:
         The matplotlib figure (Agg canvas, no pyplot state), with ``L + 2`` axes.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     hs = intermediates(flow, _as_points(data[:points]))
     base = _extent(hs[0])
     colour = torch.atan2(hs[0][:, 1], hs[0][:, 0]).numpy()
-    fig = Figure(figsize=(1.9 * (len(hs) + 1), 2.1), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure("plotting toy flows", figsize=(1.9 * (len(hs) + 1), 2.1), layout="constrained")
     axes = fig.subplots(1, len(hs) + 1)
     for i, (ax, h) in enumerate(zip(axes[:-1], hs, strict=True)):
         r = max(_extent(h), 1e-6)

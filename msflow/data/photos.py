@@ -28,6 +28,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image
 
+from msflow._optional import missing, pip_name
 from msflow.errors import DataError
 
 # name -> (package, folder inside the package, file name, is the photo colour)
@@ -56,8 +57,6 @@ _SOURCES: dict[str, tuple[str, str, str, bool]] = {
     "page": ("skimage", "data", "page.png", False),
     "text": ("skimage", "data", "text.png", False),
 }
-
-_PIP_NAMES = {"skimage": "scikit-image", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 _TEST_PHOTOS = frozenset({"china", "chelsea", "coffee", "rocket", "ihc", "camera", "coins"})
 
@@ -97,9 +96,7 @@ def photo_path(name: str) -> Path:
     package, folder, file, _ = _SOURCES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise DataError(
-            f"bundled photo {name!r} ships with {package}, which is not installed: pip install {_PIP_NAMES[package]}"
-        )
+        raise missing(package, "data", f"bundled photo {name!r}")
     return Path(spec.origin).parent / folder / file
 
 
@@ -112,7 +109,7 @@ def _read(name: str, grey: bool) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(
             f"bundled photo {path} is missing: reinstall the package "
-            f"(pip install --force-reinstall {_PIP_NAMES[_SOURCES[name][0]]})"
+            f"(pip install --force-reinstall {pip_name(_SOURCES[name][0])})"
         ) from None
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read bundled photo {path}: {err}; reinstall the package that ships it") from err

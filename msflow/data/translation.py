@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from msflow._optional import require
 from msflow.data.pairs import PairedDataset, photo_crops
 from msflow.errors import DataError, ShapeError
 
@@ -125,6 +126,7 @@ def sketch_edges(images: torch.Tensor) -> torch.Tensor:
     Raises:
         DataError: images that are not ``uint8``.
         ShapeError: images that are not ``(N, 1, H, W)`` or ``(N, 3, H, W)``.
+        MissingDependencyError: scikit-image (the ``data`` extra) is not installed.
 
     Example:
         >>> import torch
@@ -135,10 +137,7 @@ def sketch_edges(images: torch.Tensor) -> torch.Tensor:
         (20, [0, 0, 0, 255, 0, 0, 0, 0, 255, 0, 0, 0])
     """
     _check_images(images, "sketch_edges", (1, 3))
-    try:
-        from skimage.feature import canny  # an optional dependency: only sketch pairs need it
-    except ImportError:
-        raise DataError("sketch edge maps need scikit-image: pip install 'msflow[data]'") from None
+    canny = require("skimage.feature", "data", "sketch edge detection").canny
     luma = to_grey(images) if images.shape[1] == 3 else images
     planes = luma[:, 0].numpy().astype(np.float64) / 255.0
     edges = np.stack([canny(plane, sigma=SKETCH_SIGMA) for plane in planes])

@@ -14,13 +14,12 @@ Codecs, all lossless:
 - ``png``: Pillow, ``optimize=True`` (zlib level 9 and the best filter search);
 - ``webp``: Pillow, ``lossless=True, quality=100, method=6`` (slowest, smallest);
 - ``jpeg2000``: Pillow with OpenJPEG, the reversible 5/3 wavelet (``irreversible=False``);
-- ``jpegxl``: imagecodecs (``pip install imagecodecs``), ``lossless=True, effort=9``.
+- ``jpegxl``: imagecodecs (the ``metrics`` extra: ``pip install 'msflow[metrics]'``), ``lossless=True, effort=9``.
   Serra et al. used FLIF, whose successor JPEG-XL's modular mode is.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ import torch
 from PIL import Image, features
 from torch import Tensor
 
+from msflow._optional import require
 from msflow.errors import ConfigError
 
 Encoder = Callable[[np.ndarray], bytes]
@@ -61,10 +61,7 @@ def _pil_codec(name: str) -> tuple[Encoder, Decoder]:
 
 
 def _jpegxl_codec() -> tuple[Encoder, Decoder]:
-    try:
-        imagecodecs = importlib.import_module("imagecodecs")
-    except ImportError:
-        raise ConfigError("codec 'jpegxl' needs imagecodecs: pip install imagecodecs") from None
+    imagecodecs = require("imagecodecs", "metrics", "codec 'jpegxl'")
     if not imagecodecs.JPEGXL.available:
         raise ConfigError("this imagecodecs build has no JPEG-XL; pip install --upgrade imagecodecs")
     return (lambda a: bytes(imagecodecs.jpegxl_encode(a, lossless=True, effort=9))), imagecodecs.jpegxl_decode

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from msflow._optional import require
 from msflow.errors import ShapeError
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -58,8 +59,7 @@ def rmse(x: Tensor, y: Tensor, luminance: bool = False) -> float:
 
 def ssim(x: Tensor, y: Tensor, luminance: bool = False) -> float:
     """Structural similarity in [-1, 1] of uint8 images (scikit-image; needs images of 7x7 or more)."""
-    from skimage.metrics import structural_similarity
-
+    structural_similarity = require("skimage.metrics", "metrics", "SSIM").structural_similarity
     a, b = _pair(x, y, luminance)
     if min(a.shape[1:]) < 7:
         raise ShapeError(f"SSIM uses a 7x7 window: images must be at least 7x7, got {a.shape[1]}x{a.shape[2]}")
