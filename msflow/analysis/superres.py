@@ -32,6 +32,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from msflow.analysis.cond_superres import crop_for
+from msflow.analysis.ranking import can_rank
 from msflow.analysis.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, plan_tiles, run_tiled, tiled_best_of, tiled_upscale
 from msflow.core import evaluation_context
 from msflow.data.dataset import downsample_images
@@ -117,7 +118,7 @@ def superres(
     Otherwise it is the low-resolution input and nothing is scored.
 
     ``best_of=m > 1`` (CAFLOW only, ``m >= n``) draws ``m`` samples and keeps the ``n`` of highest
-    conditional likelihood, best first (:func:`msflow.analysis.translate.best_of`; per tile).
+    conditional likelihood, best first (:func:`msflow.analysis.ranking.best_of`; per tile).
 
     Outputs larger than ``tile`` pixels on a side are made in tiles of ``tile`` output pixels
     that overlap by ``overlap`` (:mod:`msflow.analysis.tiling`; ``progress`` shows a bar), so
@@ -132,8 +133,6 @@ def superres(
         (torch.Size([2, 3, 20, 24]), ['bicubic', 'sample 1', 'sample 2'], ['bicubic', 'sample 1', 'sample 2'])
     """
     if best_of > 1:
-        from msflow.analysis.translate import can_rank
-
         if not can_rank(model):
             raise ConfigError(
                 f"best of {best_of} ranks samples by conditional likelihood under shared noise, which a "

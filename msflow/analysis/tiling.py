@@ -50,7 +50,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from msflow.analysis.cond_superres import input_multiple, pad_to_multiple
+from msflow.analysis.cond_superres import input_multiple, pad_to_multiple, upscale
+from msflow.analysis.ranking import best_of
 from msflow.errors import ConfigError, ShapeError
 
 DEFAULT_TILE = 1024
@@ -243,8 +244,6 @@ def tiled_upscale(
         >>> up.shape, count
         (torch.Size([2, 3, 80, 60]), 4)
     """
-    from msflow.analysis.cond_superres import upscale
-
     plan = model_plan(model, *cond.shape[-2:], tile, overlap)
     return run_tiled(lambda c: upscale(model, c, n, temperature, generator), cond, plan, progress), plan.count
 
@@ -261,15 +260,13 @@ def tiled_best_of(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor, int]:
-    """:func:`~msflow.analysis.translate.best_of` tile by tile: ``(samples (n, C, s h, s w), bits/dim (n,),
+    """:func:`~msflow.analysis.ranking.best_of` tile by tile: ``(samples (n, C, s h, s w), bits/dim (n,),
     the number of tiles)`` for one uint8 condition ``(Cc, h, w)`` of a CAFLOW model.
 
     Each tile keeps its own ``n`` best of ``m`` (a tile's candidates are ranked on that tile), so
     sample ``k`` is the blend of every tile's ``k``-th best, and its bits/dim is the mean of
     theirs weighted by tile area. With one tile this is ``best_of`` on the whole input.
     """
-    from msflow.analysis.translate import best_of
-
     plan = model_plan(model, *cond.shape[-2:], tile, overlap)
     scores: list[tuple[Tensor, int]] = []
 
