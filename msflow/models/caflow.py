@@ -45,12 +45,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msflow.core import FlowSequential, Shape
-from msflow.distributions import standard_normal_log_prob, standard_normal_sample
+from msflow.core import Shape
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._image_flow import ImageFlow
 from msflow.models._registry import register_model
+from msflow.models.caflow_components import ConditionalComponents
 from msflow.models.caflow_parts import (
     RESIDUAL_TASKS,
     TASKS,
@@ -67,7 +67,7 @@ from msflow.models.caflow_parts import (
 from msflow.transforms import Affine, UniformDequantize, VariationalDequantize
 
 
-class CAFlow(ImageFlow):
+class CAFlow(ConditionalComponents, ImageFlow):
     r"""``p(w | y)`` by two multi-scale flows and conditional autoregressive flows (eq. 8, 9).
 
     Args:
@@ -173,14 +173,6 @@ class CAFlow(ImageFlow):
         """Target sides must divide by this (one squeeze per level)."""
         return 2**self.num_levels
 
-    def block(self, i: int, j: int) -> FlowSequential:
-        """The block ``f^i_j`` of the ``i``-th conditional flow at level ``j`` (0: coarsest)."""
-        return self.blocks[self._route[i][j]]
-
-    def _levels_of(self, i: int) -> range:
-        """Levels ``j`` of ``F_i`` in the density direction (fine to coarse)."""
-        return range(i, -1, -1) if self.factorization == "autoregressive" else range(i, i - 1, -1)
-
     # ---- conditions -------------------------------------------------------------------------
     def condition_pixels(self, cond: Any, target: Tensor | None = None) -> Tensor:
         """``cond`` as float pixel values 0..255 at its own size, on the model's device, or raise
@@ -225,50 +217,6 @@ class CAFlow(ImageFlow):
     # ---- density ----------------------------------------------------------------------------
     def _check_target(self, x: Tensor) -> None:
         check_target(x, self.task, self.image_shape, self.num_levels)
-
-    def _block_condition(self, i: int, j: int, ls: Sequence[Tensor], ds: Sequence[Tensor]) -> Tensor:
-        # f^i_i reads D_i alone (L_i is what it models); f^i_j, j < i, reads [L_j, D_j] (eq. 9).
-        return ds[j] if j == i else torch.cat([ls[j], ds[j]], dim=1)
-
-    def _keeps_nothing(self, j: int) -> bool:
-        return j == 0 or self.factorization == "dual-glow"
-
-    def encode_component(self, i: int, ls: Sequence[Tensor], ds: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
-        r"""``F_i``: ``L_i`` given ``L~_i, D~_{i+1}`` -> (``[Z^i_i, .., Z^i_0]``, ``log|det dZ/dL_i|``).
-
-        ``ls`` and ``ds`` are the latents coarse to fine (paper order); ``ls[i:]`` are not read."""
-        h, logdet, zs = ls[i], ls[i].new_zeros(ls[i].shape[0]), []
-        for j in self._levels_of(i):
-            h, ld = self.block(i, j)(h, self._block_condition(i, j, ls, ds))
-            logdet = logdet + ld
-            keep = 0 if self._keeps_nothing(j) else h.shape[1] // 2
-            zs.append(h[:, keep:])
-            h = h[:, :keep]
-        return zs, logdet
-
-    def decode_component(self, i: int, zs: Sequence[Tensor], ls: Sequence[Tensor], ds: Sequence[Tensor]) -> Tensor:
-        """``G_i``, the inverse of :meth:`encode_component`: ``[Z^i_i, .., Z^i_0]`` -> ``L_i``."""
-        h = None
-        for j, z in zip(reversed(self._levels_of(i)), reversed(zs), strict=True):
-            h = z if h is None else torch.cat([h, z], dim=1)
-            h, _ = self.block(i, j).inverse(h, self._block_condition(i, j, ls, ds))
-        return h
-
-    def component_shapes(self, i: int, height: int, width: int) -> list[Shape]:
-        """Shapes of ``[Z^i_i, .., Z^i_0]`` when ``L_i`` is ``height x width``."""
-        channels = self.T.latent_shapes()[self.num_levels - 1 - i][0]
-        shapes = []
-        for j in self._levels_of(i):
-            if j != i:
-                channels, height, width = 4 * (channels // 2), height // 2, width // 2
-            keep = 0 if self._keeps_nothing(j) else channels // 2
-            shapes.append((channels - keep, height, width))
-        return shapes
-
-    def component_log_prob(self, i: int, ls: Sequence[Tensor], ds: Sequence[Tensor]) -> Tensor:
-        r"""``log p(L_i | L~_i, D~_{i+1})`` of eq. 8 through ``F_i``: the ``i``-th bracket sum of eq. 9."""
-        zs, logdet = self.encode_component(i, ls, ds)
-        return logdet + sum(standard_normal_log_prob(z) for z in zs)
 
     def _conditional_log_prob(self, h: Tensor, ds: Sequence[Tensor]) -> Tensor:
         """``log p(v | y)`` in nats (eq. 9) from what ``T`` reads, ``h = v - b(y)`` (the shift's log-det is 0)."""
@@ -343,23 +291,6 @@ class CAFlow(ImageFlow):
         return self._out_of_flow(self.T._decode_with(ls[::-1], [None] * self.num_levels), raw)
 
     # ---- sampling ---------------------------------------------------------------------------
-    def generate_component(
-        self,
-        i: int,
-        ls: Sequence[Tensor],
-        ds: Sequence[Tensor],
-        temps: Sequence[float],
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        """``L_i = G_i(Z~_{i+1}; L~_i, D~_{i+1})`` with each ``Z^i_j`` drawn from ``N(0, temps[j]^2 I)``."""
-        d = ds[i]
-        shapes = self.component_shapes(i, *d.shape[-2:])
-        zs = [
-            standard_normal_sample((d.shape[0], *shape), temps[j], generator, d.device, d.dtype)
-            for j, shape in zip(self._levels_of(i), shapes, strict=True)
-        ]
-        return self.decode_component(i, zs, ls, ds)
-
     @torch.no_grad()
     def sample(
         self,
