@@ -6,47 +6,105 @@ A table in README.md sits between two markers naming its JSON file:
     ...generated markdown...
     <!-- /table -->
 
-The JSON is what ``msflow task-table ... --json FILE`` writes. ``python scripts/render_tables.py``
-rewrites every such block; ``--check`` only reports blocks that differ (tests/test_readme_tables.py
+The JSON is what ``msflow task-table ... --json FILE`` writes, or the report of
+``benchmarks/cnf_peers.py --json FILE`` (rendered by that script's ``summary_table``; a marker
+ending in `` printed -->`` takes the table the script prints, its ``markdown_table``).
+``python scripts/render_tables.py`` rewrites every such block in README.md and
+benchmarks/README.md; ``--check`` only reports blocks that differ (tests/test_readme_tables.py
 runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+BLOCK = re.compile(r"(<!-- table: (?P<path>\S+)(?P<printed> printed)? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+READMES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md"]
+
+
+def render_sweep(data: dict) -> str:
+    """The markdown table of a ``benchmarks/mrcnf_sweep.py`` report: one row per trial."""
+    budget, images = data["budget_cpu_seconds"], data["eval_images"]
+    final = any("final" in t for t in data["trials"].values())
+    head = ["trial", "steps", "CPU s per step", "NFE per step", f"test bits/dim at {budget:g} CPU s ({images} images)"]
+    head += ["whole test set (1000 images)", "diverged images"] if final else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for trial in data["trials"].values():
+        jobs = list(trial["jobs"].values())
+        steps = " + ".join(str(j["steps"]) for j in jobs)
+        per_step = " / ".join(f"{j['cpu_s_per_step']:.3f}" for j in jobs)
+        nfe = " / ".join(f"{j['nfe_per_step']:.0f}" for j in jobs)
+        value = trial["curve"][-1]["test_bpd"] if trial["curve"] else None
+        if value is None:
+            bpd = "n/a (non-finite)"
+        else:
+            bpd = f"{value:.4f}" if value < 1e3 else f"{value:.3g} (diverged)"
+        row = [trial["label"], steps, per_step, nfe, bpd]
+        if final:
+            f = trial["final"]
+            row += [f"**{f['test_bpd']:.4f} +- {f['test_bpd_stderr']:.4f}**", str(f["images"] - f["finite_images"])]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render(path: Path) -> str:
-    """The markdown table of one ``task-table`` JSON file."""
+    """The markdown table of one JSON file: ``task-table``'s, or ``mrcnf_sweep.py``'s."""
     from msflow.analysis.task_eval import Row, format_rows
 
     data = json.loads(path.read_text())
+    if "trials" in data:
+        return render_sweep(data)
     rows = [Row(**{k: math.nan if v is None else v for k, v in r.items()}) for r in data["rows"]]
     what = f"x{data['scale']} super-resolution" if data["task"] == "superres" else data["task"]
     title = f"{what}, {len(data['photos'])} held-out photos ({', '.join(data['photos'])}), whole, means per photo:"
     return format_rows(rows, title) + "\n"
 
 
+def _benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (a folder of scripts, not a package; its siblings importable)."""
+    folder = ROOT / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"msflow_bench_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def render_block(block: re.Match) -> str:
+    """The markdown of one marked block: a ``cnf_peers.py`` report's table, or :func:`render`'s."""
+    path = ROOT / block["path"]
+    data = json.loads(path.read_text())
+    if "throughput" in data and "nfe" in data:  # benchmarks/cnf_peers.py --json
+        bench = _benchmark("cnf_peers")
+        return (bench.markdown_table if block["printed"] else bench.summary_table)(data) + "\n"
+    return render(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a README table differs from its JSON")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, nargs="+", default=READMES, help="default: both READMEs")
     args = parser.parse_args()
-    text = args.readme.read_text()
-    stale = [m["path"] for m in BLOCK.finditer(text) if m["body"] != render(ROOT / m["path"])]
+    stale = []
+    for readme in args.readme:
+        text = readme.read_text()
+        stale += [(readme, m["path"]) for m in BLOCK.finditer(text) if m["body"] != render_block(m)]
+        if not args.check:
+            readme.write_text(BLOCK.sub(lambda m: m[1] + render_block(m) + m[5], text))
     if args.check:
-        for path in stale:
-            print(f"{args.readme.name}: the table of {path} differs from its JSON: run python scripts/render_tables.py")
+        for readme, path in stale:
+            print(f"{readme}: the table of {path} differs from its JSON: run python scripts/render_tables.py")
         return 1 if stale else 0
-    args.readme.write_text(BLOCK.sub(lambda m: m[1] + render(ROOT / m["path"]) + m[4], text))
     print(f"rendered {len(stale)} changed table(s)")
     return 0
 
