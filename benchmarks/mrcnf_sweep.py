@@ -71,64 +71,164 @@ def _fm(norm: bool) -> tuple[str, ...]:
 
 TRIALS: dict[str, Trial] = {
     # Maximum likelihood, the paper's objective.
-    "mrcnf2-ml": Trial("MRCNF-2, likelihood: bosh3 1e-3, adjoint, 32 hidden, batch 64 (old default)", "mnist5k-mrcnf",
-                       ("train.objective=likelihood", "model.options.normalize_details=false"), group="likelihood"),
-    "mrcnf2-ml-rk4": Trial("MRCNF-2, likelihood: rk4 h=0.25, direct, 64 hidden, batch 32", "mnist5k-mrcnf",
-                           ("train.objective=likelihood", f"model.options.solver={FAST_RK4}",
-                            "model.options.adjoint=false", "model.options.hidden=64", "train.batch_size=32",
-                            "model.options.normalize_details=false"), group="likelihood"),
-    "mrcnf2-ml-rk4-norm": Trial("MRCNF-2, likelihood as above + detail normaliser", "mnist5k-mrcnf",
-                                ("train.objective=likelihood", f"model.options.solver={FAST_RK4}",
-                                 "model.options.adjoint=false", "model.options.hidden=64", "train.batch_size=32",
-                                 "model.options.normalize_details=true"), group="likelihood"),
-    "rnode-ml": Trial("RNODE, likelihood: bosh3 1e-3, adjoint, 32 hidden, batch 64 (old default)", "mnist5k-rnode",
-                      ("train.objective=likelihood", "model.options.hidden=32", "model.options.steps=2"),
-                      group="likelihood"),
-    "rnode-ml-rk4": Trial("RNODE, likelihood: rk4 h=0.25, direct, 64 hidden, batch 32", "mnist5k-rnode",
-                          ("train.objective=likelihood", f"model.options.solver={FAST_RK4}",
-                           "model.options.adjoint=false", "model.options.hidden=64", "train.batch_size=32"),
-                          group="likelihood"),
-    "rnode-ml-rk4-noreg": Trial("RNODE, likelihood as above, RNODE weights 0", "mnist5k-rnode",
-                                ("train.objective=likelihood", f"model.options.solver={FAST_RK4}",
-                                 "model.options.adjoint=false", "model.options.hidden=64", "train.batch_size=32",
-                                 "model.options.kinetic_weight=0", "model.options.jacobian_weight=0"),
-                                group="likelihood"),
+    "mrcnf2-ml": Trial(
+        "MRCNF-2, likelihood: bosh3 1e-3, adjoint, 32 hidden, batch 64 (old default)",
+        "mnist5k-mrcnf",
+        ("train.objective=likelihood", "model.options.normalize_details=false"),
+        group="likelihood",
+    ),
+    "mrcnf2-ml-rk4": Trial(
+        "MRCNF-2, likelihood: rk4 h=0.25, direct, 64 hidden, batch 32",
+        "mnist5k-mrcnf",
+        (
+            "train.objective=likelihood",
+            f"model.options.solver={FAST_RK4}",
+            "model.options.adjoint=false",
+            "model.options.hidden=64",
+            "train.batch_size=32",
+            "model.options.normalize_details=false",
+        ),
+        group="likelihood",
+    ),
+    "mrcnf2-ml-rk4-norm": Trial(
+        "MRCNF-2, likelihood as above + detail normaliser",
+        "mnist5k-mrcnf",
+        (
+            "train.objective=likelihood",
+            f"model.options.solver={FAST_RK4}",
+            "model.options.adjoint=false",
+            "model.options.hidden=64",
+            "train.batch_size=32",
+            "model.options.normalize_details=true",
+        ),
+        group="likelihood",
+    ),
+    "rnode-ml": Trial(
+        "RNODE, likelihood: bosh3 1e-3, adjoint, 32 hidden, batch 64 (old default)",
+        "mnist5k-rnode",
+        ("train.objective=likelihood", "model.options.hidden=32", "model.options.steps=2"),
+        group="likelihood",
+    ),
+    "rnode-ml-rk4": Trial(
+        "RNODE, likelihood: rk4 h=0.25, direct, 64 hidden, batch 32",
+        "mnist5k-rnode",
+        (
+            "train.objective=likelihood",
+            f"model.options.solver={FAST_RK4}",
+            "model.options.adjoint=false",
+            "model.options.hidden=64",
+            "train.batch_size=32",
+        ),
+        group="likelihood",
+    ),
+    "rnode-ml-rk4-noreg": Trial(
+        "RNODE, likelihood as above, RNODE weights 0",
+        "mnist5k-rnode",
+        (
+            "train.objective=likelihood",
+            f"model.options.solver={FAST_RK4}",
+            "model.options.adjoint=false",
+            "model.options.hidden=64",
+            "train.batch_size=32",
+            "model.options.kinetic_weight=0",
+            "model.options.jacobian_weight=0",
+        ),
+        group="likelihood",
+    ),
     # Flow matching.
     "mrcnf2-fm": Trial("MRCNF-2, flow matching, no normaliser", "mnist5k-mrcnf", _fm(False), group="flow matching"),
-    "mrcnf2-fm-norm": Trial("MRCNF-2, flow matching + detail normaliser", "mnist5k-mrcnf", _fm(True),
-                            group="flow matching"),
-    "mrcnf2-fm-norm-h64": Trial("MRCNF-2, flow matching + normaliser, 64 hidden", "mnist5k-mrcnf",
-                                (*_fm(True), "model.options.hidden=64"), group="flow matching"),
-    "mrcnf2-fm-norm-b256": Trial("MRCNF-2, flow matching + normaliser, batch 256", "mnist5k-mrcnf",
-                                 (*_fm(True), "train.batch_size=256"), group="flow matching"),
-    "mrcnf2-fm-norm-fp32": Trial("MRCNF-2, flow matching + normaliser, float32 (no bf16 autocast)", "mnist5k-mrcnf",
-                                 (*_fm(True), "train.precision=float32"), group="flow matching"),
-    "mrcnf2-fm-norm-levels": Trial("MRCNF-2, flow matching + normaliser, levels as 2 jobs (2/3, 1/3)",
-                                   "mnist5k-mrcnf", _fm(True), shares=(2 / 3, 1 / 3), group="flow matching"),
-    "mrcnf2-fm-then-ml": Trial("MRCNF-2, flow matching + normaliser, then likelihood (last 20%)", "mnist5k-mrcnf",
-                               ("train.objective=flow_matching_then_likelihood", "model.options.normalize_details=true",
-                                f"model.options.solver={FAST_RK4}", "model.options.adjoint=false"),
-                               group="flow matching"),
-    "mrcnf3-fm-norm": Trial("MRCNF-3 (28, 14, 7), flow matching + normaliser", "mnist5k-mrcnf",
-                            (*_fm(True), "model.options.resolutions=3"), group="flow matching"),
-    "rnode-fm": Trial("RNODE (1 resolution), flow matching", "mnist5k-rnode",
-                      ("train.objective=flow_matching",), group="flow matching"),
+    "mrcnf2-fm-norm": Trial(
+        "MRCNF-2, flow matching + detail normaliser", "mnist5k-mrcnf", _fm(True), group="flow matching"
+    ),
+    "mrcnf2-fm-norm-h64": Trial(
+        "MRCNF-2, flow matching + normaliser, 64 hidden",
+        "mnist5k-mrcnf",
+        (*_fm(True), "model.options.hidden=64"),
+        group="flow matching",
+    ),
+    "mrcnf2-fm-norm-b256": Trial(
+        "MRCNF-2, flow matching + normaliser, batch 256",
+        "mnist5k-mrcnf",
+        (*_fm(True), "train.batch_size=256"),
+        group="flow matching",
+    ),
+    "mrcnf2-fm-norm-fp32": Trial(
+        "MRCNF-2, flow matching + normaliser, float32 (no bf16 autocast)",
+        "mnist5k-mrcnf",
+        (*_fm(True), "train.precision=float32"),
+        group="flow matching",
+    ),
+    "mrcnf2-fm-norm-levels": Trial(
+        "MRCNF-2, flow matching + normaliser, levels as 2 jobs (2/3, 1/3)",
+        "mnist5k-mrcnf",
+        _fm(True),
+        shares=(2 / 3, 1 / 3),
+        group="flow matching",
+    ),
+    "mrcnf2-fm-then-ml": Trial(
+        "MRCNF-2, flow matching + normaliser, then likelihood (last 20%)",
+        "mnist5k-mrcnf",
+        (
+            "train.objective=flow_matching_then_likelihood",
+            "model.options.normalize_details=true",
+            f"model.options.solver={FAST_RK4}",
+            "model.options.adjoint=false",
+        ),
+        group="flow matching",
+    ),
+    "mrcnf3-fm-norm": Trial(
+        "MRCNF-3 (28, 14, 7), flow matching + normaliser",
+        "mnist5k-mrcnf",
+        (*_fm(True), "model.options.resolutions=3"),
+        group="flow matching",
+    ),
+    "rnode-fm": Trial(
+        "RNODE (1 resolution), flow matching",
+        "mnist5k-rnode",
+        ("train.objective=flow_matching",),
+        group="flow matching",
+    ),
     # The claim (paper 000): each model with its best settings, the shipped configs.
     "claim-mrcnf2": Trial("MRCNF-2 (28, 14), configs/mnist5k-mrcnf.yaml", "mnist5k-mrcnf", group="claim"),
-    "claim-mrcnf3": Trial("MRCNF-3 (28, 14, 7), configs/mnist5k-mrcnf.yaml + resolutions=3", "mnist5k-mrcnf",
-                          ("model.options.resolutions=3",), group="claim"),
+    "claim-mrcnf3": Trial(
+        "MRCNF-3 (28, 14, 7), configs/mnist5k-mrcnf.yaml + resolutions=3",
+        "mnist5k-mrcnf",
+        ("model.options.resolutions=3",),
+        group="claim",
+    ),
     "claim-rnode": Trial("RNODE (28), configs/mnist5k-rnode.yaml", "mnist5k-rnode", group="claim"),
-    "rnode-fm-h64": Trial("RNODE (1 resolution), flow matching, 64 hidden", "mnist5k-rnode",
-                          ("train.objective=flow_matching", "model.options.hidden=64"), group="flow matching"),
+    "rnode-fm-h64": Trial(
+        "RNODE (1 resolution), flow matching, 64 hidden",
+        "mnist5k-rnode",
+        ("train.objective=flow_matching", "model.options.hidden=64"),
+        group="flow matching",
+    ),
 }
 
 SMOKE_TRIALS = {
-    "smoke-fm": Trial("tiny 2-resolution, flow matching + normaliser", "mnist5k-mrcnf",
-                      (*_fm(True), "model.options.hidden=4", "data.downsample=2",
-                       "model.options.image_shape=[1,14,14]", "train.batch_size=8")),
-    "smoke-levels": Trial("tiny 2-resolution, levels as 2 jobs", "mnist5k-mrcnf",
-                          (*_fm(True), "model.options.hidden=4", "data.downsample=2",
-                           "model.options.image_shape=[1,14,14]", "train.batch_size=8"), shares=(0.5, 0.5)),
+    "smoke-fm": Trial(
+        "tiny 2-resolution, flow matching + normaliser",
+        "mnist5k-mrcnf",
+        (
+            *_fm(True),
+            "model.options.hidden=4",
+            "data.downsample=2",
+            "model.options.image_shape=[1,14,14]",
+            "train.batch_size=8",
+        ),
+    ),
+    "smoke-levels": Trial(
+        "tiny 2-resolution, levels as 2 jobs",
+        "mnist5k-mrcnf",
+        (
+            *_fm(True),
+            "model.options.hidden=4",
+            "data.downsample=2",
+            "model.options.image_shape=[1,14,14]",
+            "train.batch_size=8",
+        ),
+        shares=(0.5, 0.5),
+    ),
 }
 
 
@@ -157,7 +257,8 @@ def _jobs(name: str, trial: Trial, budget: float, points: int, eval_images: int,
         out = root / name if level is None else root / f"{name}-level{s}"
         argv = [sys.executable, "-m", "msflow", "train", trial.config, *trial.overrides]
         argv += [f"train.max_seconds={seconds:g}", "train.budget_clock=cpu", f"train.eval_seconds={seconds / points:g}"]
-        argv += [f"train.eval_images={eval_images}", "train.eval_every=0", "train.num_samples=0", "train.progress=false"]
+        argv += [f"train.eval_images={eval_images}", "train.eval_every=0", "train.num_samples=0"]
+        argv += ["train.progress=false"]
         argv += ["train.eval_batch_size=100", "train.log_every=50", "train.checkpoint_every=1000"]
         argv += [] if level is None else [f"train.level={level}"]
         jobs.append(Job(name, out, [*argv, "--out", str(out)], level))
@@ -234,12 +335,14 @@ def _combine(name: str, trial: Trial, jobs: list[Job]) -> dict[str, Any]:
         points = [c[k] for c in curves]
         bpd = sum(p["test_bpd"] * dims[j.level] for p, j in zip(points, jobs, strict=True)) / sum(dims)
         var = sum((p["test_bpd_stderr"] * dims[j.level]) ** 2 for p, j in zip(points, jobs, strict=True))
-        combined.append({
-            "train_seconds": sum(p["train_seconds"] for p in points),
-            "step": [p["step"] for p in points],
-            "test_bpd": bpd,
-            "test_bpd_stderr": math.sqrt(var) / sum(dims),
-        })
+        combined.append(
+            {
+                "train_seconds": sum(p["train_seconds"] for p in points),
+                "step": [p["step"] for p in points],
+                "test_bpd": bpd,
+                "test_bpd_stderr": math.sqrt(var) / sum(dims),
+            }
+        )
     return {"curve": combined, "jobs": {j.out.name: _step_stats(j.out) for j in jobs}, "level_dims": dims}
 
 
@@ -250,6 +353,7 @@ def _final_eval(name: str, trial: Trial, jobs: list[Job], root: Path) -> dict[st
     from msflow.train.data import load_data
     from msflow.train.evaluate import dataset_level_bits_per_dim
     from msflow.train.run import load_run
+    from msflow.transforms.cnf import cnf_blocks
 
     run = jobs[0].out
     if trial.shares:
@@ -259,8 +363,12 @@ def _final_eval(name: str, trial: Trial, jobs: list[Job], root: Path) -> dict[st
     started = time.perf_counter()
     model, cfg, _ = load_run(run, "cpu")
     test = load_data(cfg, "test")
+    blocks = [cnf_blocks(level) for level in model.levels]
+    for block in (b for level in blocks for b in level):
+        block.reset_nfe()
     totals, levels = dataset_level_bits_per_dim(model, test, 100, cfg.train.seed, progress=True)
     finite = torch.isfinite(totals) & (totals < 1e3)
+    batches = math.ceil(len(test) / 100)
     return {
         "run": str(run),
         "test_bpd": totals.mean().item(),
@@ -269,6 +377,7 @@ def _final_eval(name: str, trial: Trial, jobs: list[Job], root: Path) -> dict[st
         "finite_images": int(finite.sum()),
         "images": len(totals),
         "eval_wall_seconds": time.perf_counter() - started,
+        "eval_nfe_per_batch_by_level": [sum(b.total_nfe for b in level) / batches for level in blocks],
     }
 
 
@@ -281,14 +390,20 @@ def plot(report_path: Path, out: Path) -> Path:
     fig = Figure(figsize=(7 * len(groups), 5), dpi=100, layout="constrained")
     for i, group in enumerate(groups):
         ax = fig.add_subplot(1, len(groups), i + 1)
-        for name, trial in report["trials"].items():
+        for trial in report["trials"].values():
             if trial.get("group", "") != group or not trial["curve"]:
                 continue
             xs = [p["train_seconds"] for p in trial["curve"]]
-            ys = [min(p["test_bpd"] if p["test_bpd"] is not None else math.inf, 12.0) for p in trial["curve"]]  # diverged runs drawn at the top
+            ys = [
+                min(p["test_bpd"] if p["test_bpd"] is not None else math.inf, 12.0) for p in trial["curve"]
+            ]  # diverged runs drawn at the top
             ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=trial["label"])
-        ax.set(xlabel="training CPU seconds (1 thread)", ylabel=f"test bits/dim ({report['eval_images']} images)",
-               title=f"MNIST-5k, {group or 'all'}", ylim=(0.8, 12.2))
+        ax.set(
+            xlabel="training CPU seconds (1 thread)",
+            ylabel=f"test bits/dim ({report['eval_images']} images)",
+            title=f"MNIST-5k, {group or 'all'}",
+            ylim=(0.8, 12.2),
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,14 +459,22 @@ def main(argv: list[str] | None = None) -> None:
             report["trials"] = earlier["trials"]
     for n in names:
         trial = table[n]
-        record = {"label": trial.label, "group": trial.group, "config": trial.config,
-                  "overrides": list(trial.overrides), "shares": list(trial.shares), **_combine(n, trial, jobs[n])}
+        record = {
+            "label": trial.label,
+            "group": trial.group,
+            "config": trial.config,
+            "overrides": list(trial.overrides),
+            "shares": list(trial.shares),
+            **_combine(n, trial, jobs[n]),
+        }
         if args.final:
             record["final"] = _final_eval(n, trial, jobs[n], root)
         report["trials"][n] = record
         last = record["curve"][-1]["test_bpd"] if record["curve"] else float("nan")
-        print(f"{n}: last test bits/dim {last:.4f}" + (f", whole test set {record['final']['test_bpd']:.4f}"
-                                                       if args.final else ""))
+        print(
+            f"{n}: last test bits/dim {last:.4f}"
+            + (f", whole test set {record['final']['test_bpd']:.4f}" if args.final else "")
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(finite_json(report), indent=2))
