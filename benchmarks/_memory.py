@@ -16,7 +16,9 @@ Example (in a worker process)::
     print(json.dumps(measure_peak(lambda: step(x))))  # the parent reads the last stdout line
 
 ``benchmarks/`` is a folder of scripts, not a package: scripts run from it import this file as
-``_memory`` (their folder is first on ``sys.path``).
+``_memory`` (their folder is first on ``sys.path``). Importing it tunes the CPU allocator as the
+``msflow`` command does (``msflow.tune_cpu_allocator``), so every benchmark measures msflow as a user
+runs it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from msflow import tune_cpu_allocator
+
+# The benchmarks measure msflow as its entry points (the `msflow` command, msflow.train.train) run
+# it: with the CPU allocator tuned (msflow/_allocator.py), for every library in the process alike.
+# Every benchmark script and worker process imports this file before it builds a model, so this one
+# call covers them all; MSFLOW_TUNE_MALLOC=0 turns it off (benchmarks/allocator.py compares both).
+tune_cpu_allocator()
 
 
 def _proc_status_mib(key: str) -> float | None:

@@ -1,9 +1,10 @@
 """Page faults and step time with and without msflow's CPU allocator tuning (``msflow/_allocator.py``).
 
-``import msflow`` asks glibc to keep freed heap memory (``mallopt``), so a batch reuses the
-memory the previous one freed instead of faulting fresh, zero-filled pages in from the kernel.
-The setting is process-wide, so the peers in the same process get it too. This script runs the
-Glows of ``peers.py`` in two fresh processes, ``MSFLOW_TUNE_MALLOC=0`` and ``=1``, and reports
+``msflow.tune_cpu_allocator()`` (called by the ``msflow`` command, ``msflow.train.train`` and, for
+every benchmark, ``_memory.py``) asks glibc to keep freed heap memory (``mallopt``), so a batch
+reuses the memory the previous one freed instead of faulting fresh, zero-filled pages in from the
+kernel. The setting is process-wide, so the peers in the same process get it too. This script runs
+the Glows of ``peers.py`` in two fresh processes, ``MSFLOW_TUNE_MALLOC=0`` and ``=1``, and reports
 per batch the minor page faults (``getrusage``) and the median time of each phase. With
 ``--rounds N`` the two kinds of process alternate N times and each figure is the median over
 the rounds (a process-to-process drift in machine speed then hits both alike)::

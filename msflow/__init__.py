@@ -1,5 +1,10 @@
 """msflow: multi-scale, multi-resolution and conditional normalizing flows on images.
 
+Importing msflow has no process-wide side effect. The ``msflow`` command and
+:func:`msflow.train.train` tune the CPU allocator for their process; a program that runs the
+models in its own loop may call :func:`tune_cpu_allocator` once at its start (see
+``msflow/_allocator.py``: fewer page faults per batch, freed memory kept for reuse).
+
 Example:
     >>> import torch, msflow
     >>> model = msflow.create_model("glow-mnist", hidden=8, steps=1)
@@ -14,6 +19,13 @@ from msflow.train.run import load
 
 __version__ = "0.1.0"
 
-# Reuse freed CPU tensor memory instead of page-faulting fresh memory every batch (see _allocator).
-tune_cpu_allocator()
-__all__ = ["MARSCF", "MultiResolutionFlow", "MultiScaleFlow", "__version__", "create_model", "list_models", "load"]
+__all__ = [
+    "MARSCF",
+    "MultiResolutionFlow",
+    "MultiScaleFlow",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load",
+    "tune_cpu_allocator",
+]

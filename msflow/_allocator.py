@@ -12,12 +12,17 @@ nothing) and normflows' training step 68,808; tuned, 25 and 256.
 largest value glibc accepts (32 MiB), so freed blocks are reused by the next batch. It is
 process-wide (every library in the process shares ``malloc``) and does nothing on other C
 libraries. The cost: freed memory stays resident (up to the trim threshold) until the process
-reuses it. ``import msflow`` calls it once; set
-``MSFLOW_TUNE_MALLOC=0`` to opt out.
+reuses it.
+
+Importing msflow changes nothing. The entry points call it once: the ``msflow`` command
+(:func:`msflow.cli.main`) and :func:`msflow.train.train`; a program that uses msflow's models in
+its own loop calls ``msflow.tune_cpu_allocator()`` once at its start. ``MSFLOW_TUNE_MALLOC=0`` in
+the environment turns every call into a no-op.
 
 Example:
-    >>> from msflow._allocator import tune_cpu_allocator
-    >>> tune_cpu_allocator() in (True, False)
+    >>> import msflow
+    >>> applied = msflow.tune_cpu_allocator()  # once, at the start of a program
+    >>> applied == _applies()  # glibc took both settings wherever it is glibc's malloc (not opted out)
     True
 """
 
@@ -35,15 +40,20 @@ _MMAP_THRESHOLD_MAX = 32 << 20  # glibc rejects larger values on 64-bit systems
 _TRIM_THRESHOLD = 1 << 30
 
 
+def _applies() -> bool:
+    """Whether :func:`tune_cpu_allocator` acts here: glibc's malloc, and not ``MSFLOW_TUNE_MALLOC=0``."""
+    opted_out = os.environ.get("MSFLOW_TUNE_MALLOC", "1") == "0"
+    return not opted_out and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def tune_cpu_allocator(trim_threshold: int = _TRIM_THRESHOLD, mmap_threshold: int = _MMAP_THRESHOLD_MAX) -> bool:
     """Ask glibc to keep up to ``trim_threshold`` bytes of freed heap and to serve blocks below
     ``mmap_threshold`` from the heap; return whether both settings were accepted.
 
     Returns ``False`` (and changes nothing) off Linux/glibc, or when ``MSFLOW_TUNE_MALLOC=0``.
+    Calling it again is harmless: it sets the same values.
     """
-    if os.environ.get("MSFLOW_TUNE_MALLOC", "1") == "0" or platform.system() != "Linux":
-        return False
-    if platform.libc_ver()[0] != "glibc":
+    if not _applies():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

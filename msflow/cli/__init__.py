@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from msflow._allocator import tune_cpu_allocator
 from msflow.cli import analysis_cmds, model_cmds, run_cmds, task_cmds, translate_cmds
 from msflow.errors import MsflowError
 
@@ -56,7 +57,11 @@ def _one_line_warnings(command: str) -> Callable[..., None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``msflow`` console script; returns the exit code."""
+    """Entry point of the ``msflow`` console script; returns the exit code.
+
+    Tunes the CPU allocator of the process first (:func:`msflow.tune_cpu_allocator`).
+    """
+    tune_cpu_allocator()
     parser = build_parser()
     # parse_known_args, because argparse cannot take positional overrides after an option
     # (`msflow train CFG --out D k=v`): the leftovers are the train command's overrides.

@@ -141,8 +141,12 @@ def train(cfg: Config) -> dict[str, Any]:
     Returns the final results: test bits/dim (mean and standard error, EMA weights when EMA is
     on), the run folder, the sample grid paths. The run folder is locked for the whole run
     (:func:`~msflow.train.lock.run_lock`, by rank 0 of a distributed run): a second trainer of the
-    same folder refuses at once.
+    same folder refuses at once. The CPU allocator of the process is tuned first
+    (:func:`msflow.tune_cpu_allocator`).
     """
+    from msflow._allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()
     if int(os.environ.get("RANK", "0")) != 0:
         return _train(cfg)
     with run_lock(cfg.run_dir):
