@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import msflow.train.checkpoint as checkpoint_module
 from msflow.errors import CheckpointError, MsflowError, ShapeError
 from msflow.train.checkpoint import load_checkpoint
 from msflow.train.config import Config, config_from_dict
@@ -20,7 +21,7 @@ from msflow.train.ema import EMA
 from msflow.train.loop import epoch_order, learning_rate, train
 from msflow.train.metrics_log import MetricsLog
 from msflow.train.run import CHECKPOINT
-from runs import tiny_config, tmp_files
+from runs import read_metrics, tiny_config, tmp_files
 
 # ----------------------------------------------------------------------------- schedules and order
 
@@ -178,21 +179,41 @@ def test_resume_with_another_optimizer_is_a_clear_error(tmp_path: Path) -> None:
     assert (run / CHECKPOINT).read_bytes() == before
 
 
-@pytest.mark.parametrize("override", ["train.checkpoint_every=0", "train.log_every=0", "train.num_samples=0"])
-def test_zero_cadence_values_are_refused_or_work(tmp_path: Path, override: str) -> None:
-    """``0`` either means "never" (like eval_every=0) or is a ConfigError before anything is
-    written; it must not crash with ZeroDivisionError (or after the whole run has trained)."""
+def _checkpointed_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The steps of every checkpoint written from now on (in order), read where test_faults.py hooks in."""
+    steps: list[int] = []
+    real_save = checkpoint_module.save_file
+
+    def save_file(tensors, filename, metadata=None):  # noqa: ANN001, ANN202
+        steps.append(json.loads(metadata["meta"])["step"])
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", save_file)
+    return steps
+
+
+@pytest.mark.parametrize(("every", "expected"), [(0, [0, 4]), (3, [0, 3, 4])])
+def test_checkpoint_every_zero_means_no_periodic_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every: int, expected: list[int]
+) -> None:
+    # Step 0 (what a roll-back returns to) and the last step (with the results) are written whatever the period.
+    written = _checkpointed_steps(monkeypatch)
+    train(tiny_config(tmp_path / "run", "train.steps=4", f"train.checkpoint_every={every}"))
+    assert written == expected
+
+
+@pytest.mark.parametrize(("every", "expected"), [(0, [4]), (3, [3, 4])])
+def test_log_every_zero_logs_only_the_last_step(tmp_path: Path, every: int, expected: list[int]) -> None:
     run = tmp_path / "run"
-    try:
-        cfg = tiny_config(run, "train.steps=2", override)
-    except MsflowError:
-        return
-    try:
-        train(cfg)
-    except MsflowError:
-        assert not run.exists()
-    else:
-        assert (run / "results.json").exists()
+    train(tiny_config(run, "train.steps=4", f"train.log_every={every}"))
+    assert [r["step"] for r in read_metrics(run) if "loss_bpd" in r] == expected
+
+
+def test_num_samples_zero_draws_no_sample_grids(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(tiny_config(run, "train.steps=2", "train.num_samples=0"))
+    assert result["samples"] == [] and not (run / "samples").exists()
+    assert json.loads((run / "results.json").read_text())["steps"] == 2
 
 
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
