@@ -55,6 +55,17 @@ def marker(tmp_path: Path) -> Iterator[Path]:
     assert not path.exists(), "a hostile pickle was unpickled"
 
 
+def test_a_tally_fails_when_no_case_ran_and_names_every_failure() -> None:
+    with pytest.raises(AssertionError, match="no self-test case ran"):
+        Tally("self-test").done()
+    tally = Tally("self-test")
+    tally.check("good", None)
+    tally.check("bad", "crash: KeyError")
+    with pytest.raises(AssertionError, match="1 of 2 self-test cases failed:\nbad: crash: KeyError"):
+        tally.done()
+    SUMMARY.pop("self-test")  # not a fuzz category: keep it out of the printed summary
+
+
 # ----------------------------------------------------------------------------- 1. images
 
 

@@ -102,7 +102,9 @@ class Tally:
             self.failures.append(f"{label}: {outcome}")
 
     def done(self) -> None:
-        """Add this test's counts to :data:`SUMMARY`, then fail with every failure seen."""
+        """Add this test's counts to :data:`SUMMARY`, then fail with every failure seen, or if no case ran
+        (a generator that yields nothing would otherwise pass without testing anything)."""
+        assert self.cases > 0, f"no {self.category} case ran: the cases' generator yielded nothing"
         total = SUMMARY.setdefault(self.category, [0, 0])
         total[0] += self.cases
         total[1] += len(self.failures)
