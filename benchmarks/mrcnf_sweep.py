@@ -294,7 +294,9 @@ def _curve(run: Path) -> list[dict[str, float]]:
         if "test_bpd" in record and "train_seconds" in record:
             keys = ("train_seconds", "step", "test_bpd", "test_bpd_stderr")
             points.append({k: record[k] for k in keys})
-    return points
+    # A run resumed or ended at an evaluated step has two records of that step: keep the last.
+    last = {p["step"]: p for p in points}
+    return sorted(last.values(), key=lambda p: p["step"])
 
 
 def _step_stats(run: Path) -> dict[str, float]:

@@ -311,7 +311,8 @@ def _train(cfg: Config) -> dict[str, Any]:
             continue
         if logdets is not None and _every(step, t.logdet_every):
             logdets.measure(x, step)
-        timed = bool(t.eval_seconds) and spent() >= next_eval
+        # A timed evaluation at the step that spends the budget is left to the final evaluation.
+        timed = bool(t.eval_seconds) and next_eval <= spent() < (t.max_seconds or math.inf)
         if (_every(step, t.eval_every) or timed) and step < t.steps and ranks.main:
             at, before = spent(), clock_fn()
             result = eval_now()
