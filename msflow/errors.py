@@ -26,6 +26,12 @@ class ConfigError(MsflowError):
     """An unknown configuration key or an invalid value."""
 
 
+class BudgetError(ConfigError):
+    """A size over msflow's limits (a model's blocks, widths, parameters or activation memory, a
+    dataset held in memory), refused before anything is allocated; ``MSFLOW_ALLOW_LARGE=1`` lifts
+    the limits (:mod:`msflow._budget`)."""
+
+
 class SolverError(MsflowError):
     """An ODE solve that failed (step size underflow, too many steps, non-finite state)."""
 

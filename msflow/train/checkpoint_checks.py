@@ -32,7 +32,8 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    # JSON integers have no bound; 2**63 keeps every count a 64-bit integer (steps reach torch).
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
 
 
 def _number(v: Any) -> bool:
@@ -47,11 +48,16 @@ _META: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("overrides"), dict),
         'a mapping {"name": string, "overrides": mapping}',
     ),
-    "step": (_count, "an integer >= 0"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "bad_in_a_row": (_count, "an integer >= 0"),
-    "rollbacks": (_count, "an integer >= 0"),
+    "step": (_count, "an integer in [0, 2**63)"),
+    "seed": (lambda v: _count(v) and v < 2**32, "an integer in [0, 2**32)"),
+    "bad_in_a_row": (_count, "an integer in [0, 2**63)"),
+    "rollbacks": (_count, "an integer in [0, 2**63)"),
     "lr_scale": (lambda v: _number(v) and v > 0, "a finite number > 0"),
+    "train_seconds": (lambda v: _number(v) and v >= 0, "a finite number of seconds >= 0"),
+    "assembled_from": (
+        lambda v: isinstance(v, dict) and all(isinstance(p, str) for p in v.values()),
+        "a mapping of levels to checkpoint paths",
+    ),
     "optimizer": (
         lambda v: (
             isinstance(v, dict) and isinstance(v.get("param_groups"), list) and isinstance(v.get("scalars"), dict)

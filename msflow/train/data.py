@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from msflow._budget import check_dataset_bytes
 from msflow.data import ImageDataset, get_dataset
 from msflow.data.stream import CropStream
 from msflow.data.tasks import TASK_ALIASES, task_data
@@ -30,7 +31,7 @@ def load_data(cfg: Config, split: str) -> ImageDataset | CropStream:
     """
     d, task = cfg.data, data_task(cfg)
     if task is None and d.crop is None:
-        return get_dataset(d.name, split, root=d.root, pad_to=d.pad_to, downsample=d.downsample)
+        return padded_dataset(d.name, split, d.root, d.pad_to, d.downsample)
     if d.pad_to is not None or d.downsample is not None:
         raise ConfigError("data.pad_to and data.downsample resize whole images; with data.crop, choose the crop side")
     if task is None and d.name not in ("photos", "folder"):
@@ -42,6 +43,30 @@ def load_data(cfg: Config, split: str) -> ImageDataset | CropStream:
         )
     source = "photos" if d.name in TASK_ALIASES else d.name
     return task_data(source, task, split, cfg.train.seed, d.root, d.crop, d.holes, d.masks, d.test_crops)
+
+
+def padded_dataset(
+    name: str,
+    split: str,
+    root: str | None,
+    pad_to: int | None,
+    downsample: int | None = None,
+    option: str = "data.pad_to",
+) -> ImageDataset:
+    """``get_dataset(name, split, root=root, pad_to=pad_to, downsample=downsample)``, refused in one
+    :class:`~msflow.errors.BudgetError` line when the padded set would not fit the in-memory
+    budget (:func:`msflow._budget.check_dataset_bytes`), before it is padded; the message names
+    ``option``.
+
+    With ``pad_to``, the split is first read unpadded to learn its size (bundled sets are cached,
+    so that costs nothing twice).
+    """
+    if pad_to is not None:
+        plain = get_dataset(name, split, root=root)
+        copies = 2 if getattr(plain, "conds", None) is not None else 1  # pairs pad their conditions too
+        what = f"{option}={pad_to} ({name} {split})"
+        check_dataset_bytes(what, len(plain), (plain.image_shape[0], pad_to, pad_to), copies)
+    return get_dataset(name, split, root=root, pad_to=pad_to, downsample=downsample)
 
 
 def with_crop_size(cfg: Config) -> Config:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from msflow.errors import CheckpointError, MsflowError
+from msflow.errors import BudgetError, CheckpointError, MsflowError
 from msflow.models import create_model
 from msflow.train.checkpoint import load_checkpoint, load_weights, prefixed
 from msflow.train.checkpoint_checks import require
@@ -42,6 +42,8 @@ def _build(path: Path, name: str, overrides: dict[str, Any]) -> nn.Module:
     # (a string where a size belongs, a size no memory holds) must end as one clear error.
     try:
         return create_model(name, **overrides)
+    except BudgetError as err:  # a size over the limits: checked before anything was built
+        raise CheckpointError(f"{path} stores a model too large to build: {err}") from None
     except (MsflowError, TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:
         raise CheckpointError(
             f"{path} stores model {name!r} with options {_short(overrides)}, which cannot be built "
