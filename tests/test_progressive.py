@@ -29,7 +29,8 @@ def options(side: int, resolutions: int, **extra: object) -> str:
 
 
 def train(out: Path, *extra: str) -> Path:
-    args = ["mnist5k-mrcnf", *TINY, "train.steps=2", "train.max_seconds=0", "train.num_samples=0", *extra]
+    args = ["mnist5k-mrcnf", *TINY, "train.steps=2", "train.max_seconds=0", "train.num_samples=0"]
+    args += ["train.objective=likelihood", *extra]
     assert main(["train", *args, "--out", str(out)]) == 0
     return out
 
