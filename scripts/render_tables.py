@@ -35,7 +35,8 @@ def render_sweep(data: dict) -> str:
     budget, images = data["budget_cpu_seconds"], data["eval_images"]
     final = any("final" in t for t in data["trials"].values())
     head = ["trial", "steps", "CPU s per step", "NFE per step", f"test bits/dim at {budget:g} CPU s ({images} images)"]
-    head += ["whole test set (1000 images)", "diverged images"] if final else []
+    if final:
+        head += ["whole test set (1000 images)", "diverged images", "eval NFE per batch of 100, by level"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for trial in data["trials"].values():
         jobs = list(trial["jobs"].values())
@@ -50,7 +51,12 @@ def render_sweep(data: dict) -> str:
         row = [trial["label"], steps, per_step, nfe, bpd]
         if final:
             f = trial["final"]
-            row += [f"**{f['test_bpd']:.4f} +- {f['test_bpd_stderr']:.4f}**", str(f["images"] - f["finite_images"])]
+            nfe = " / ".join(f"{n:.0f}" for n in f["eval_nfe_per_batch_by_level"])
+            row += [
+                f"**{f['test_bpd']:.4f} +- {f['test_bpd_stderr']:.4f}**",
+                str(f["images"] - f["finite_images"]),
+                nfe,
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
