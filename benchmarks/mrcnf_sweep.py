@@ -383,6 +383,38 @@ def _final_eval(name: str, trial: Trial, jobs: list[Job], root: Path) -> dict[st
     }
 
 
+def report_cost(run: Path) -> dict[str, Any]:
+    """What the end of ``msflow train`` costs for a finished run: the final evaluation (every test
+    image, the config's evaluation batch) and the sample grids (the config's ``num_samples`` at its
+    temperatures), in CPU and wall seconds, against the run's training CPU seconds."""
+    import tempfile
+
+    from msflow.train.data import load_data
+    from msflow.train.evaluate import evaluate, sample_grids
+    from msflow.train.run import load_run
+
+    model, cfg, _ = load_run(run, "cpu")
+    test, t = load_data(cfg, "test"), cfg.train
+    clocks = [(time.process_time(), time.perf_counter())]
+    result = evaluate(model, test, t.eval_batch_size, seed=t.seed, progress=True)
+    clocks.append((time.process_time(), time.perf_counter()))
+    with tempfile.TemporaryDirectory() as folder:
+        sample_grids(model, Path(folder), t.num_samples, t.temperatures, t.seed, "final", progress=True)
+    clocks.append((time.process_time(), time.perf_counter()))
+    trained = json.loads((run / "results.json").read_text())["train_seconds"]
+    (c0, w0), (c1, w1), (c2, w2) = clocks
+    return {
+        "run": str(run),
+        "test_bpd": result["bpd"],
+        "train_cpu_seconds": trained,
+        "eval_cpu_seconds": c1 - c0,
+        "eval_wall_seconds": w1 - w0,
+        "sample_cpu_seconds": c2 - c1,
+        "sample_wall_seconds": w2 - w1,
+        "report_cpu_share_of_budget": (c2 - c0) / trained,
+    }
+
+
 def plot(report_path: Path, out: Path) -> Path:
     """Test bits/dim against CPU seconds, one curve per trial (dots: evaluations)."""
     from matplotlib.figure import Figure
@@ -427,7 +459,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--collect", action="store_true", help="do not train: read the trials' finished runs")
     parser.add_argument("--plot", nargs=2, metavar=("REPORT", "PNG"), help="only draw a report's curves")
     parser.add_argument("--smoke", action="store_true", help="two tiny trials, seconds")
+    parser.add_argument("--report-cost", nargs="+", metavar="RUN", help="only time the end of training of runs")
     args = parser.parse_args(argv)
+    if args.report_cost:
+        costs = [report_cost(Path(run)) for run in args.report_cost]
+        print(json.dumps(finite_json(costs), indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(finite_json(costs), indent=2))
+        return
     if args.plot:
         print(plot(Path(args.plot[0]), Path(args.plot[1])))
         return
