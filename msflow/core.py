@@ -147,6 +147,12 @@ class FlowSequential(InvertibleModule):
         return self.blocks[i]
 
 
+def pending_initialization(module: nn.Module) -> nn.Module | None:
+    """The first submodule of ``module`` whose data-dependent initialisation (ActNorm's) has not run
+    yet, or ``None``: blocks with such an init declare it by an ``initialized`` flag."""
+    return next((m for m in module.modules() if not bool(getattr(m, "initialized", True))), None)
+
+
 def _ready_for_recompute(block: nn.Module) -> bool:
     """False while a data-dependent initialisation (ActNorm) is pending: it must run exactly once;
     and for blocks with a module that sets ``recomputable = False`` (a CNF: see there)."""
@@ -209,6 +215,7 @@ __all__ = [
     "InvertibleModule",
     "Shape",
     "check_image",
+    "pending_initialization",
     "require_cond",
     "set_gradient_checkpointing",
     "sum_except_batch",

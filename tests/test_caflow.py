@@ -44,8 +44,8 @@ def latents(model: CAFlow, n: int = 3, seed: int = 2) -> tuple[list[torch.Tensor
     """Target and condition latents ``L``, ``D`` (coarse to fine) of random images."""
     w, y = images(model, n, seed)
     v = (w.double() + 0.5) / 256
-    zs, _ = model.T._encode_with(v, [None] * model.num_levels)
-    ds, _ = model._condition_latents(model.check_condition(y, w), None, torch.float64)
+    zs, _ = model.T.encode_with_features(v, [None] * model.num_levels)
+    ds, _ = model._condition_latents(model.condition_image(y, w), None, torch.float64)
     return zs[::-1], ds
 
 
@@ -79,7 +79,7 @@ def test_eq9_is_the_sum_of_its_parts_computed_separately() -> None:
     model = tiny()
     w, y = images(model, 4)
     v = (w.double() + 0.5) / 256
-    ds, _ = model._condition_latents(model.check_condition(y, w), None, torch.float64)
+    ds, _ = model._condition_latents(model.condition_image(y, w), None, torch.float64)
     total = model._conditional_log_prob(v, ds)
     # Term by term: log|det dT/dw|, then per component i each split-off z^i_j by N(0, I) plus
     # each block's log-det, run block by block by hand.
@@ -111,11 +111,11 @@ def test_conditional_density_equals_the_jacobian_of_the_whole_map() -> None:
     """For fixed y, v -> (all z^i_j) is a bijection; eq. 9 must be its change of variables."""
     model = tiny(seed=3)
     w, y = images(model, 1, seed=5)
-    ds, _ = model._condition_latents(model.check_condition(y, w), None, torch.float64)
+    ds, _ = model._condition_latents(model.condition_image(y, w), None, torch.float64)
     v = (w.double() + 0.5) / 256
 
     def all_z(v_: torch.Tensor) -> torch.Tensor:
-        zs, _ = model.T._encode_with(v_, [None] * model.num_levels)
+        zs, _ = model.T.encode_with_features(v_, [None] * model.num_levels)
         ls = zs[::-1]
         return torch.cat([z.flatten() for i in range(model.num_levels) for z in model.encode_component(i, ls, ds)[0]])
 
@@ -215,7 +215,7 @@ def test_encode_decode_round_trip_and_log_det() -> None:
     zs, logdet = model.encode(v, y)
     assert len(zs) == 3  # F_0 has one block, F_1 two
     torch.testing.assert_close(model.decode(zs, y), v, atol=1e-10, rtol=0)
-    ds, _ = model._condition_latents(model.check_condition(y, w), None, torch.float64)
+    ds, _ = model._condition_latents(model.condition_image(y, w), None, torch.float64)
     density = logdet + sum(standard_normal_log_prob(z) for z in zs)
     torch.testing.assert_close(density, model._conditional_log_prob(v - model.base(y), ds), atol=1e-9, rtol=0)
 
@@ -225,14 +225,14 @@ def test_sample_is_the_inverse_of_encoding() -> None:
     model = tiny()
     w, y = images(model, 2)
     v = (w.double() + 0.5) / 256
-    ds, _ = model._condition_latents(model.check_condition(y, w), None, torch.float64)
-    zs, _ = model.T._encode_with(v, [None] * model.num_levels)
+    ds, _ = model._condition_latents(model.condition_image(y, w), None, torch.float64)
+    zs, _ = model.T.encode_with_features(v, [None] * model.num_levels)
     ls = zs[::-1]
     comps = [model.encode_component(i, ls, ds)[0] for i in range(model.num_levels)]
     regenerated: list[torch.Tensor] = []
     for i in range(model.num_levels):
         regenerated.append(model.decode_component(i, comps[i], regenerated, ds))
-    back = model.T._decode_with(regenerated[::-1], [None] * model.num_levels)
+    back = model.T.decode_with_features(regenerated[::-1], [None] * model.num_levels)
     assert torch.equal(model.dequantizer.quantize(back), w)
 
 

@@ -61,6 +61,15 @@ def test_every_conditional_preset_is_tested() -> None:
     assert set(CONDITIONAL) == set(TINY)
 
 
+def test_model_declares_what_the_registry_records(model) -> None:
+    from msflow.models import ConditionalImageFlow, model_capabilities
+
+    caps = model_capabilities(model.spec["name"])
+    assert isinstance(model, ConditionalImageFlow) and model.conditional and caps.conditional
+    assert model.task == caps.task and not caps.cnf
+    assert model.n_bits == (1 if model.task == "segment" else 8)
+
+
 def test_bits_per_dim_is_finite_and_per_image(model) -> None:
     y, x = pair(model, 3, 0)
     with torch.no_grad():

@@ -25,9 +25,8 @@ from msflow.models.glow import glow, realnvp
 from msflow.models.multiscale import MultiScaleFlow
 
 # Conditional presets (cflow-*, factorized-*, caflow-*) model p(target | condition): tests/test_cflow.py,
-# tests/test_caflow.py.
-CONDITIONAL = ("cflow-", "factorized-", "caflow-")
-MODELS = [name for name in msflow.list_models() if not name.startswith(CONDITIONAL)]
+# tests/test_caflow.py. Presets are selected by what the registry records they can do, not by name.
+MODELS = msflow.list_models(conditional=False)
 TINY = {"steps": 1, "hidden": 8}
 # Presets too large to run in the default suite at their own size keep their architecture at a
 # smaller image (the same number of levels still fits).
@@ -67,6 +66,16 @@ def images(model: MultiScaleFlow) -> Tensor:
 def test_registry_lists_models() -> None:
     assert MODELS == sorted(MODELS)
     assert {"glow-mnist", "glow-cifar10", "realnvp-cifar10"} <= set(MODELS)
+
+
+def test_model_declares_what_the_registry_records(model: MultiScaleFlow, request: pytest.FixtureRequest) -> None:
+    from msflow.models import ImageFlow, model_capabilities
+    from msflow.transforms.cnf import cnf_blocks
+
+    caps = model_capabilities(model.spec["name"])
+    assert isinstance(model, ImageFlow) and not model.conditional and model.task is None
+    assert (model.conditional, model.task) == (caps.conditional, caps.task)
+    assert bool(cnf_blocks(model)) == caps.cnf
 
 
 def test_create_model_records_spec() -> None:

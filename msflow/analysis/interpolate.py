@@ -46,8 +46,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from msflow.core import pending_initialization
 from msflow.distributions import standard_normal_log_prob
-from msflow.models.multiscale import MultiScaleFlow
+from msflow.models.multiscale import MultiScaleFlow, split_kept
 from msflow.viz import save_grid
 
 
@@ -104,12 +105,12 @@ def _repeat_cond(cond: Any, n: int) -> Any:
 
 
 def _check_ready(model: MultiScaleFlow) -> None:
-    for module in model.modules():
-        if not bool(getattr(module, "initialized", True)):
-            raise ValueError(
-                f"{type(module).__name__} has not been initialised: run the model on a batch of data "
-                "first (ActNorm's data-dependent init) or load a trained model"
-            )
+    module = pending_initialization(model)
+    if module is not None:
+        raise ValueError(
+            f"{type(module).__name__} has not been initialised: run the model on a batch of data "
+            "first (ActNorm's data-dependent init) or load a trained model"
+        )
     for i, level in enumerate(model.levels):
         if not hasattr(level, "blocks") or len(level.blocks) < 1:
             raise ValueError(f"level {i} is not a FlowSequential ending in its split prior")
@@ -120,11 +121,11 @@ def encode_prior_space(model: MultiScaleFlow, v: Tensor, cond: Any = None) -> li
     _check_ready(model)
     h, _ = model.preprocess(v)
     ls = []
-    for level, keep, feat in zip(model.levels, model.keep, model._features(cond), strict=True):
+    for level, keep, feat in zip(model.levels, model.keep, model.level_features(cond), strict=True):
         for block in level.blocks[:-1]:
             h, _ = block(h, feat)
-        ls.append(h[:, keep:])
-        h = h[:, :keep]
+        h, latent = split_kept(h, keep)
+        ls.append(latent)
     return ls
 
 
@@ -144,7 +145,7 @@ def decode_prior_space(model: MultiScaleFlow, ls: Sequence[Tensor], cond: Any = 
     + log|det d eps_i / d l_i|]``, each prior scoring ``l_i`` given the kept half ``r_i`` decoded
     from the coarser levels.
     """
-    feats = model._features(cond)
+    feats = model.level_features(cond)
     h, log_prior, log_det = None, 0.0, 0.0
     for i in reversed(range(len(model.levels))):
         level, keep = model.levels[i], model.keep[i]

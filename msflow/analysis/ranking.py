@@ -46,9 +46,7 @@ MAX_BATCH_PIXELS = 2**21
 
 def can_rank(model: nn.Module) -> bool:
     """Whether ``model`` scores candidates with common dequantization noise (a CAFLOW model)."""
-    from msflow.models.caflow import CAFlow
-
-    return isinstance(model, CAFlow)
+    return model.ranks_candidates
 
 
 @contextmanager

@@ -223,7 +223,6 @@ def build_report(
     device: str = "cpu",
 ) -> str:
     """The HTML page of a run folder (see the module docstring); ``n_images`` test images feed the level terms."""
-    from msflow.models.multiscale import MultiScaleFlow
     from msflow.train.logdets import LOGDETS, plot_logdets
     from msflow.train.loop import load_data
     from msflow.train.run import load_run
@@ -237,7 +236,7 @@ def build_report(
     curves = _img(figure_png(curves_figure(records)), "training curves") if records else "<p>no metrics.jsonl</p>"
     parts.append(_section("curves", "Training curves", curves))
     parts.append(_section("bpd", "Bits/dim", _bpd_section(run, records, meta)))
-    if isinstance(model, MultiScaleFlow):
+    if model.multiscale:
         images = load_data(cfg, "test").images
         test = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n_images]]
         rows = [[r["name"], r["prior"], r["logdet"], r.get("constant")] for r in level_terms(model, test, seed)]

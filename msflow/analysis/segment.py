@@ -71,7 +71,7 @@ def sample_masks(
 
 def soft_map(model: nn.Module, images: Tensor, samples: Tensor) -> Tensor:
     """The soft segmentation: a factorized model's probability, else the mean of ``samples``."""
-    if hasattr(model, "probability"):
+    if model.probability_map:
         h, w = images.shape[-2:]
         device = next(model.parameters()).device
         with evaluation_context(model):
@@ -154,10 +154,10 @@ def names_for(runs: Sequence[str], models: Sequence[nn.Module]) -> list[str]:
     """Short row names: the model's kind and dequantization, else the run folder."""
     names = []
     for run, model in zip(runs, models, strict=True):
-        if hasattr(model, "probability"):
+        if model.probability_map:
             kind = "factorized (weighted Bernoulli)"
         else:
-            deq = "binary" if getattr(model.dequantizer, "scale_bits", 1) == 0 else "uniform"
+            deq = "binary" if model.dequantizer.scale_bits == 0 else "uniform"
             kind = f"flow, {deq} dequantization"
         names.append(kind if kind not in names else f"{kind} ({run})")
     return names

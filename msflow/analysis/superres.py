@@ -140,7 +140,7 @@ def superres(
             )
         if best_of < n:
             raise ConfigError(f"keeping the best {n} of {best_of} samples needs best_of >= n")
-    if hasattr(model, "cond_shape"):
+    if model.conditional:
         return _conditional_superres(
             model, image, scale, temperature, n, generator, hr, best_of, tile, overlap, progress
         )

@@ -111,8 +111,8 @@ def temperature_sweep(
         raise MsflowError("give at least one temperature")
     if n < 2:
         raise MsflowError(f"a Frechet distance needs at least 2 samples per temperature, got n={n}")
-    shape = getattr(model, "image_shape", None)
-    if shape is not None and tuple(shape) != tuple(test.image_shape):
+    shape = model.image_shape
+    if tuple(shape) != tuple(test.image_shape):
         raise ShapeError(f"the model makes {tuple(shape)} images but dataset {test.name!r} has {test.image_shape}")
     device = next(model.parameters()).device
     if inception is None:

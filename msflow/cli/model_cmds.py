@@ -47,7 +47,6 @@ def _interpolation_pairs(args: argparse.Namespace, model: torch.nn.Module, cfg: 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
     from msflow.analysis.interpolate import interpolate, save_interpolation_grid
-    from msflow.models import MultiScaleFlow
     from msflow.train.evaluate import resolve_device
     from msflow.train.run import load_run
 
@@ -56,7 +55,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     if not all(0 <= lam < math.inf for lam in args.lambdas):
         raise ConfigError(f"--lambdas must be two finite numbers >= 0, got {args.lambdas}")
     model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
-    if not isinstance(model, MultiScaleFlow):
+    if not model.multiscale:
         raise ConfigError(
             f"{args.run} holds a {type(model).__name__}; interpolate optimises paths under the split priors of a "
             "multi-scale flow (glow-*, realnvp-*, marscf-*, balanced-*)"
@@ -116,8 +115,8 @@ def cmd_superres(args: argparse.Namespace) -> None:
         raise ConfigError(f"--best-of {args.best_of} draws fewer samples than -n {args.n} keeps: raise --best-of")
     distinct_outputs(args)
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
-    conditional = getattr(model, "task", None) == "superres"
-    if not hasattr(model, "superres") and not conditional:
+    conditional = model.task == "superres"
+    if not model.pyramid_superres and not conditional:
         kind = type(model).__name__
         raise ConfigError(
             f"{args.run} holds a {kind}; superres needs a super-resolution model "

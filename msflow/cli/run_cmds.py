@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(bpd_line(args.split, result, cfg.data.name, seed) + f" in {args.dtype}")
     if args.check_images == 0:
         return
-    if not hasattr(model, "encode"):
+    if not model.invertible:
         print("invertibility: not checked, this model is a factorized baseline, not a flow")
         return
     errors = reconstruction_errors(model, data, batch, seed=seed, max_images=args.check_images)

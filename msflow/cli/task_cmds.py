@@ -27,7 +27,7 @@ def _load(run: str, device: str | None, task: str) -> tuple[Any, Any]:
     from msflow.train.run import load_run
 
     model, cfg, _ = load_run(run, resolve_device(device or "auto"))
-    if getattr(model, "task", None) != task:
+    if model.task != task:
         presets = {"superres": "cflow-sr*, factorized-sr*", "segment": "cflow-seg, factorized-seg"}[task]
         raise ConfigError(f"{run} holds a {type(model).__name__}; this command needs a {task} model ({presets})")
     model.eval()

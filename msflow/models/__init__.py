@@ -6,7 +6,15 @@ from msflow.models import cflow as _cflow  # noqa: F401
 from msflow.models import factorized as _factorized  # noqa: F401
 from msflow.models import glow as _glow  # noqa: F401
 from msflow.models import mrcnf as _mrcnf  # noqa: F401
-from msflow.models._registry import create_model, list_models, model_help, register_model
+from msflow.models._registry import (
+    Capabilities,
+    create_model,
+    list_models,
+    model_capabilities,
+    model_help,
+    register_model,
+)
+from msflow.models.base import ConditionalImageFlow, ImageFlow
 from msflow.models.caflow import CAFlow
 from msflow.models.cflow import ConditionalFlow
 from msflow.models.factorized import FactorizedSegmenter, FactorizedSuperRes
@@ -16,6 +24,9 @@ from msflow.models.multiscale import MultiScaleFlow, build_multiscale
 
 __all__ = [
     "CAFlow",
+    "Capabilities",
+    "ConditionalImageFlow",
+    "ImageFlow",
     "MARSCF",
     "ConditionalFlow",
     "FactorizedSegmenter",
@@ -26,6 +37,7 @@ __all__ = [
     "build_multiscale",
     "create_model",
     "list_models",
+    "model_capabilities",
     "model_help",
     "register_model",
 ]

@@ -40,22 +40,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from msflow.core import Shape
-from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
-from msflow.models._image_flow import ImageFlow
 from msflow.models._registry import register_model
+from msflow.models.base import ConditionalImageFlow
 from msflow.models.caflow_components import ConditionalComponents
 from msflow.models.caflow_parts import (
     RESIDUAL_TASKS,
     TASKS,
     check_options,
-    check_target,
     component_blocks,
     condition_latents,
     condition_pixels,
@@ -67,7 +65,7 @@ from msflow.models.caflow_parts import (
 from msflow.transforms import Affine, UniformDequantize, VariationalDequantize
 
 
-class CAFlow(ConditionalComponents, ImageFlow):
+class CAFlow(ConditionalComponents, ConditionalImageFlow):
     r"""``p(w | y)`` by two multi-scale flows and conditional autoregressive flows (eq. 8, 9).
 
     Args:
@@ -108,6 +106,9 @@ class CAFlow(ConditionalComponents, ImageFlow):
         >>> bool((fresh.sample(2, temperature=0.0, cond=y) == y).all())  # the grey image, untrained
         True
     """
+
+    ranks_candidates: ClassVar[bool] = True
+    target_hint: ClassVar[str] = "pad the images (the msflow task commands pad and crop automatically)"
 
     def __init__(
         self,
@@ -180,7 +181,17 @@ class CAFlow(ConditionalComponents, ImageFlow):
         pixels = condition_pixels(cond, self.task, self.cond_shape, self.scale, self.num_levels, target)
         return pixels.to(next(self.parameters()).device)
 
+    @property
+    def family_name(self) -> str:
+        """How messages name the model."""
+        return f"CAFLOW ({self.task})"
+
     def check_condition(self, cond: Any, target: Tensor | None = None) -> Tensor:
+        """``cond`` unchanged if it fits (one per ``target`` when given); raises naming the expected shape."""
+        self.condition_pixels(cond, target)
+        return cond
+
+    def condition_image(self, cond: Any, target: Tensor | None = None) -> Tensor:
         """What ``R`` reads: ``cond`` as float pixels 0..255 at the target's size; raises naming the expected shape."""
         return upsampled_condition(self.condition_pixels(cond, target), self.scale)
 
@@ -215,19 +226,16 @@ class CAFlow(ConditionalComponents, ImageFlow):
         return condition_latents(self.R, pixels, generator, dtype)
 
     # ---- density ----------------------------------------------------------------------------
-    def _check_target(self, x: Tensor) -> None:
-        check_target(x, self.task, self.image_shape, self.num_levels)
-
     def _conditional_log_prob(self, h: Tensor, ds: Sequence[Tensor]) -> Tensor:
         """``log p(v | y)`` in nats (eq. 9) from what ``T`` reads, ``h = v - b(y)`` (the shift's log-det is 0)."""
-        zs, logdet = self.T._encode_with(h, [None] * self.num_levels)
+        zs, logdet = self.T.encode_with_features(h, [None] * self.num_levels)
         ls = zs[::-1]
         return logdet + sum(self.component_log_prob(i, ls, ds) for i in range(self.num_levels))
 
     def _terms(
         self, x: Tensor, cond: Any, generator: torch.Generator | None, noisy_cond: bool, same_noise: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        self._check_target(x)
+        self.check_target(x)
         raw = self.condition_pixels(cond, x)
         pixels = upsampled_condition(raw, self.scale)
         dtype = next(self.parameters()).dtype
@@ -252,23 +260,19 @@ class CAFlow(ConditionalComponents, ImageFlow):
         bpd_y = bits_per_dim(log_p_y, cond_dims, 8)
         return bits_per_dim(log_p, dims, 8, log_q) + self.lam * bpd_y * cond_dims / dims
 
-    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
-        r"""``(B,)`` lower bound on ``log P(x | cond)`` in nats."""
-        return -self.bits_per_dim(x, cond, generator) * (math.prod(x.shape[1:]) * math.log(2.0))
-
     def dequantize(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """One continuous ``v`` of integer targets ``x`` (``cond`` is only checked: the noise ignores it)."""
-        self._check_target(x)
+        self.check_target(x)
         self.check_condition(cond, x)
         return self.dequantizer(x, generator=generator, dtype=next(self.parameters()).dtype)[0]
 
     def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
         r"""Continuous targets ``v`` given ``cond`` -> every ``Z^i_j`` (component by component, each fine
         to coarse) and ``log|det dZ/dv|``: the whole bijection whose change of variables is eq. 9."""
-        self._check_target(v)
+        self.check_target(v)
         raw = self.condition_pixels(cond, v)
         ds, _ = self._condition_latents(upsampled_condition(raw, self.scale), None, v.dtype)
-        zs, logdet = self.T._encode_with(self._into_flow(v, raw), [None] * self.num_levels)
+        zs, logdet = self.T.encode_with_features(self._into_flow(v, raw), [None] * self.num_levels)
         ls, out = zs[::-1], []
         for i in range(self.num_levels):
             comp, ld = self.encode_component(i, ls, ds)
@@ -288,7 +292,7 @@ class CAFlow(ConditionalComponents, ImageFlow):
             rest = rest[count:]
         if rest:
             raise ValueError(f"got {len(zs)} latents, {len(zs) - len(rest)} expected (see encode)")
-        return self._out_of_flow(self.T._decode_with(ls[::-1], [None] * self.num_levels), raw)
+        return self._out_of_flow(self.T.decode_with_features(ls[::-1], [None] * self.num_levels), raw)
 
     # ---- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,15 +308,14 @@ class CAFlow(ConditionalComponents, ImageFlow):
         ``temperature`` is one value or one per scale, coarse to fine."""
         temps = per_scale(temperature, self.num_levels)
         raw = self.condition_pixels(cond)
-        if raw.shape[0] not in (1, n):
-            raise ShapeError(f"give one condition image or n={n} of them, got {raw.shape[0]}")
+        self.check_batch(n, raw)
         dtype = next(self.parameters()).dtype
         ds, _ = self._condition_latents(upsampled_condition(raw, self.scale), None, dtype)
         ds = [d.expand(n, *d.shape[1:]) for d in ds]
         ls: list[Tensor] = []
         for i in range(self.num_levels):
             ls.append(self.generate_component(i, ls, ds, temps, generator))
-        v = self.T._decode_with(ls[::-1], [None] * self.num_levels)
+        v = self.T.decode_with_features(ls[::-1], [None] * self.num_levels)
         return self.dequantizer.quantize(self._out_of_flow(v, raw))
 
     def __repr__(self) -> str:
@@ -343,10 +346,11 @@ _PRESETS = {
 
 def _register_presets() -> None:
     for name, (task, what, lam, (r, t, f)) in _PRESETS.items():
-        register_model(f"caflow-{name}", f"CAFLOW {what} (paper 002), CPU-sized: 3 levels, 4/8/4 steps")(
+        register_model(f"caflow-{name}", f"CAFLOW {what} (paper 002), CPU-sized: 3 levels, 4/8/4 steps", task)(
             partial(caflow, task=task, lam=lam)
         )
-        register_model(f"caflow-{name}-paper", f"caflow-{name} at the paper's depth (appendix B): {r}/{t}/{f} steps")(
+        paper = f"caflow-{name} at the paper's depth (appendix B): {r}/{t}/{f} steps"
+        register_model(f"caflow-{name}-paper", paper, task)(
             partial(caflow, task=task, lam=lam, cond_steps=r, target_steps=t, flow_steps=f)
         )
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from msflow.core import FlowSequential, Shape
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
-from msflow.models.multiscale import MultiScaleFlow
+from msflow.models.multiscale import MultiScaleFlow, split_kept
 
 
 class ConditionalComponents:
@@ -57,9 +57,8 @@ class ConditionalComponents:
         for j in self._levels_of(i):
             h, ld = self.block(i, j)(h, self._block_condition(i, j, ls, ds))
             logdet = logdet + ld
-            keep = 0 if self._keeps_nothing(j) else h.shape[1] // 2
-            zs.append(h[:, keep:])
-            h = h[:, :keep]
+            h, z = split_kept(h, 0 if self._keeps_nothing(j) else h.shape[1] // 2)
+            zs.append(z)
         return zs, logdet
 
     def decode_component(self, i: int, zs: Sequence[Tensor], ls: Sequence[Tensor], ds: Sequence[Tensor]) -> Tensor:

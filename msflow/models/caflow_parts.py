@@ -220,21 +220,10 @@ def condition_latents(
         v = (pixels.to(dtype) + 0.5) / 256
     else:
         v, _ = UniformDequantize(8)(pixels.to(torch.uint8), generator=generator, dtype=dtype)
-    # _encode_with skips the fixed-size check: the flows are convolutional, any squeezable size works.
-    zs, logdet = flow._encode_with(v.contiguous(memory_format=torch.channels_last), [None] * len(flow.levels))
+    # Not encode: the flows are convolutional, and any size their levels can squeeze works.
+    zs, logdet = flow.encode_with_features(v.contiguous(memory_format=torch.channels_last), [None] * len(flow.levels))
     log_p = logdet + sum(standard_normal_log_prob(z) for z in zs)
     return zs[::-1], log_p
-
-
-def check_target(x: Tensor, task: str, image_shape: Shape, num_levels: int) -> None:
-    """Raise a :class:`ShapeError` naming the expected shape unless ``x`` holds targets ``T`` can squeeze."""
-    c, side = image_shape[0], 2**num_levels
-    if x.dim() != 4 or x.shape[1] != c or x.shape[-2] % side or x.shape[-1] % side:
-        got = "x".join(map(str, x.shape[1:])) if x.dim() == 4 else f"a {x.dim()}-D tensor"
-        raise ShapeError(
-            f"CAFLOW ({task}) expects targets (B, {c}, H, W) with H and W divisible by {side} "
-            f"(e.g. {'x'.join(map(str, image_shape))}), got {got}"
-        )
 
 
 def per_scale(temperature: float | Sequence[float], num_levels: int) -> list[float]:

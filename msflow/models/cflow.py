@@ -35,9 +35,14 @@ from torch import Tensor, nn
 
 from msflow.core import InvertibleModule, Shape
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
-from msflow.errors import DataError, ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._registry import register_model
+from msflow.models.base import (  # noqa: F401  (check_condition, condition_to_*: imported from here before)
+    ConditionalImageFlow,
+    check_condition,
+    condition_to_float,
+    condition_to_pixels,
+)
 from msflow.models.glow import glow_step
 from msflow.models.multiscale import MultiScaleFlow, make_preprocess, multiscale_levels
 from msflow.nn.conditioners import SRConditioner, VGGConditioner
@@ -47,52 +52,7 @@ from msflow.transforms.binary_dequant import BinaryDequantize
 from msflow.transforms.shift import ConditionalShift, ImageBase
 
 
-def condition_to_pixels(cond: Tensor) -> Tensor:
-    """A checked ``uint8`` condition (or floats in [0, 1]) as float32 pixel values, integers 0..255."""
-    return (cond * 255).round().float() if cond.is_floating_point() else cond.float()
-
-
-def condition_to_float(cond: Tensor, dtype: torch.dtype) -> Tensor:
-    """A ``uint8`` condition image (or floats in [0, 1]) as floats centred on 0, in [-1/2, 1/2]."""
-    if cond.is_floating_point():
-        if cond.numel() and not (0 <= float(cond.min()) and float(cond.max()) <= 1):
-            raise DataError(
-                f"condition images are uint8 (0..255) or floats in [0, 1]; got floats in "
-                f"[{float(cond.min()):g}, {float(cond.max()):g}]: pass the uint8 images, or divide by 255"
-            )
-        return cond.to(dtype) - 0.5
-    return cond.to(dtype) / 255.0 - 0.5
-
-
-def check_condition(cond: Any, cond_shape: Shape, scale: int, target: Tensor | None, who: str) -> Tensor:
-    """Raise :class:`ShapeError` naming the expected shape unless ``cond`` fits a model.
-
-    ``cond`` must be ``(B, C_cond, h, w)`` with the model's channel count; given the ``target``
-    batch, one condition per target, with ``h, w`` the target's sides divided by ``scale``.
-    """
-    if cond is None:
-        raise ValueError(f"{who} models p(target | condition) and needs cond=... (a (B, {cond_shape[0]}, h, w) image)")
-    if not isinstance(cond, Tensor) or cond.dim() != 4:
-        got = f"a {cond.dim()}-D tensor" if isinstance(cond, Tensor) else type(cond).__name__
-        raise ShapeError(f"{who} expects condition images (B, {cond_shape[0]}, h, w), got {got}")
-    c, h, w = cond.shape[1:]
-    if c != cond_shape[0]:
-        kinds = {1: "greyscale", 3: "RGB"}
-        want = kinds.get(cond_shape[0], f"{cond_shape[0]}-channel")
-        raise ShapeError(f"{who} expects {want} condition images ({cond_shape[0]} channels), got {c} channels")
-    if target is not None and cond.shape[0] != target.shape[0]:
-        raise ShapeError(f"{who} got {target.shape[0]} targets but {cond.shape[0]} conditions: give one per target")
-    if target is not None and (h * scale, w * scale) != tuple(target.shape[-2:]):
-        th, tw = target.shape[-2:]
-        what = f"x{scale} super-resolution" if scale > 1 else "segmentation"
-        raise ShapeError(
-            f"{who} does {what}: a {th}x{tw} target needs a {th // scale}x{tw // scale} condition "
-            f"({cond_shape[0]}x{th // scale}x{tw // scale}), got {c}x{h}x{w}"
-        )
-    return cond
-
-
-class ConditionalFlow(MultiScaleFlow):
+class ConditionalFlow(MultiScaleFlow, ConditionalImageFlow):
     r"""``p(y | x)`` by a multi-scale flow whose every block reads features ``h = g(x)`` (eq. 7).
 
     .. math::
@@ -158,16 +118,6 @@ class ConditionalFlow(MultiScaleFlow):
         """``"superres"`` when the condition is smaller than the target, else ``"segment"``."""
         return "superres" if self.scale > 1 else "segment"
 
-    def _check_target(self, y: Tensor) -> None:
-        c, *_ = self.image_shape
-        side = 2 ** len(self.levels)
-        if y.dim() != 4 or y.shape[1] != c or y.shape[-2] % side or y.shape[-1] % side:
-            got = "x".join(map(str, y.shape[1:])) if y.dim() == 4 else f"a {y.dim()}-D tensor"
-            raise ShapeError(
-                f"{type(self).__name__} expects targets (B, {c}, H, W) with H and W divisible by {side}, got {got}; "
-                "pad the images (msflow superres pads and crops automatically)"
-            )
-
     @property
     def target_multiple(self) -> int:
         """Target sides must divide by this (one squeeze per level)."""
@@ -175,11 +125,11 @@ class ConditionalFlow(MultiScaleFlow):
 
     def condition_features(self, cond: Any, target: Tensor | None, dtype: torch.dtype) -> list[Tensor]:
         """Each level's features ``h = g(x)`` of a condition checked against ``target``, under the subnet precision."""
-        cond = check_condition(cond, self.cond_shape, self.scale, target, type(self).__name__)
+        cond = self.check_condition(cond, target)
         c = condition_to_float(cond.to(next(self.parameters()).device), dtype)
         return list(run_subnet(self.cond_encoder, c.contiguous(memory_format=torch.channels_last)))
 
-    def _features(self, cond: Any) -> list[Tensor]:
+    def level_features(self, cond: Any) -> list[Tensor]:
         return self.condition_features(cond, None, next(self.parameters()).dtype)
 
     def _into_flow(self, v: Tensor, cond: Tensor) -> Tensor:
@@ -200,7 +150,7 @@ class ConditionalFlow(MultiScaleFlow):
         The bicubic upsampling of the condition at bin centres (``dequantizer.quantize`` of it is
         Pillow's bicubic image) for a super-resolution flow; otherwise the preprocessing's constant.
         """
-        cond = check_condition(cond, self.cond_shape, self.scale, None, type(self).__name__)
+        cond = self.check_condition(cond)
         p = next(self.parameters())
         size = (cond.shape[0], self.image_shape[0], *(d * self.scale for d in cond.shape[-2:]))
         h, _ = self.preprocess.inverse(torch.zeros(size, device=p.device, dtype=p.dtype))
@@ -208,13 +158,13 @@ class ConditionalFlow(MultiScaleFlow):
 
     def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
         """Continuous targets ``v`` and conditions -> (latents fine to coarse, log-det)."""
-        self._check_target(v)
+        self.check_target(v)
         feats = self.condition_features(cond, v, v.dtype)
-        return self._encode_with(self._into_flow(v, cond), feats)
+        return self.encode_with_features(self._into_flow(v, cond), feats)
 
     def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
         """Latents fine to coarse and conditions -> continuous targets ``v`` (the inverse of :meth:`encode`)."""
-        h = self._decode_with(zs, self._features(cond))
+        h = self.decode_with_features(zs, self.level_features(cond))
         return self._out_of_flow(h, cond)
 
     def _dequantize(
@@ -227,26 +177,22 @@ class ConditionalFlow(MultiScaleFlow):
 
     def dequantize(self, x: Tensor, cond: Any, generator: torch.Generator | None = None) -> Tensor:
         """One continuous ``v`` of integer targets ``x`` (binary noise depends on the condition)."""
-        self._check_target(x)
+        self.check_target(x)
         feats = self.condition_features(cond, x, next(self.parameters()).dtype)
         return self._dequantize(x, feats, generator)[0]
 
     def _dequantized_terms(self, x: Tensor, cond: Any, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        self._check_target(x)
+        self.check_target(x)
         feats = self.condition_features(cond, x, next(self.parameters()).dtype)
         v, log_q = self._dequantize(x, feats, generator)
-        zs, logdet = self._encode_with(self._into_flow(v, cond), feats)
+        zs, logdet = self.encode_with_features(self._into_flow(v, cond), feats)
         return logdet + sum(standard_normal_log_prob(z) for z in zs), log_q
 
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` conditional bits/dim of targets ``x`` given ``cond``, with one dequantization draw."""
         log_p_v, log_q = self._dequantized_terms(x, cond, generator)
         dims = math.prod(x.shape[1:])
-        return bits_per_dim(log_p_v, dims, getattr(self.dequantizer, "scale_bits", self.dequantizer.n_bits), log_q)
-
-    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
-        r"""``(B,)`` lower bound on ``log P(x | cond)`` in nats."""
-        return -self.bits_per_dim(x, cond, generator) * (math.prod(x.shape[1:]) * math.log(2.0))
+        return bits_per_dim(log_p_v, dims, self.dequantizer.scale_bits, log_q)
 
     @torch.no_grad()
     def sample(
@@ -257,15 +203,14 @@ class ConditionalFlow(MultiScaleFlow):
         Temperature 0 gives the flow's image of the prior's mean, the "mode" of Figure 3: for an
         untrained super-resolution flow, the bicubic upsampling of ``cond`` (:meth:`base`).
         """
-        cond = check_condition(cond, self.cond_shape, self.scale, None, type(self).__name__)
-        if cond.shape[0] not in (1, n):
-            raise ShapeError(f"give one condition image or n={n} of them, got {cond.shape[0]}")
+        cond = self.check_condition(cond)
+        self.check_batch(n, cond)
         h, w = cond.shape[-2] * self.scale, cond.shape[-1] * self.scale
         p = next(self.parameters())
         feats = [f.expand(n, *f.shape[1:]) for f in self.condition_features(cond, None, p.dtype)]
         shapes = self._trace_shapes((self.image_shape[0], h, w))
         zs = [standard_normal_sample((n, *s), temperature, generator, p.device, p.dtype) for s in shapes]
-        return self.dequantizer.quantize(self._out_of_flow(self._decode_with(zs, feats), cond))
+        return self.dequantizer.quantize(self._out_of_flow(self.decode_with_features(zs, feats), cond))
 
 
 def _conditional_flow(
@@ -371,12 +316,17 @@ def _register_presets() -> None:
         register_model(
             f"cflow-sr{scale}",
             f"conditional flow for x{scale} super-resolution of 32x32 RGB patches (Winkler et al. 5.1)",
+            task="superres",
         )(partial(cflow_superres, scale=scale))
     register_model(
-        "cflow-sr2-paper", "cflow-sr2 at the paper's size: 8 steps, 512 hidden, RRDB 16 blocks x 128 (Tables 5, 6, 8)"
+        "cflow-sr2-paper",
+        "cflow-sr2 at the paper's size: 8 steps, 512 hidden, RRDB 16 blocks x 128 (Tables 5, 6, 8)",
+        task="superres",
     )(partial(cflow_superres, scale=2, steps=8, hidden=512, features=128, blocks=16, growth=32))
     register_model(
-        "cflow-seg", "conditional flow for binary segmentation of 64x64 RGB images, binary dequantization (5.2)"
+        "cflow-seg",
+        "conditional flow for binary segmentation of 64x64 RGB images, binary dequantization (5.2)",
+        task="segment",
     )(cflow_segment)
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
 from msflow.models._registry import register_model
-from msflow.models.cflow import check_condition, condition_to_float
+from msflow.models.base import ConditionalImageFlow, condition_to_float
 from msflow.nn.conditioners import RRDBNet, VGGConditioner
 from msflow.nn.subnets import run_subnet
 from msflow.transforms import UniformDequantize
@@ -55,30 +54,20 @@ def discretized_logistic_log_prob(k: Tensor, mean: Tensor, log_scale: Tensor, le
     return torch.where(k <= 0, F.logsigmoid(alpha), torch.where(k >= levels - 1, F.logsigmoid(-beta), middle))
 
 
-class _Factorized(nn.Module):
-    """What both baselines share: target checks, bits/dim from ``log P``, ``log P = -bpd * D ln 2``."""
+class _Factorized(ConditionalImageFlow):
+    """What both baselines share: target values checked, bits/dim from an exact ``log P``."""
 
-    image_shape: tuple[int, int, int]
+    invertible: ClassVar[bool] = False
     check_values: Callable[[Tensor], None]  # raises DataError unless the targets are valid integers
 
-    def _check_target(self, x: Tensor) -> None:
-        c = self.image_shape[0]
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != c:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ShapeError(f"{type(self).__name__} expects targets (B, {c}, H, W), got {got}")
+    def check_target(self, x: Tensor) -> None:
+        """Refuse targets of the wrong shape or with values outside the model's integers."""
+        super().check_target(x)
         self.check_values(x)
 
     def _bits(self, log_p: Tensor, x: Tensor) -> Tensor:
         # Exact discrete likelihoods: no dequantization noise and no bin-width term.
         return bits_per_dim(log_p.flatten(1).sum(1), math.prod(x.shape[1:]), 0)
-
-    def log_prob(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
-        """``(B,)`` exact ``log P(x | cond)`` in nats."""
-        return -self.bits_per_dim(x, cond, generator) * (math.prod(x.shape[1:]) * math.log(2.0))
-
-    def _batch(self, n: int, cond: Tensor) -> None:
-        if cond.shape[0] not in (1, n):
-            raise ShapeError(f"give one condition image or n={n} of them, got {cond.shape[0]}")
 
 
 class FactorizedSuperRes(_Factorized):
@@ -96,6 +85,9 @@ class FactorizedSuperRes(_Factorized):
         torch.Size([2, 3, 32, 32])
     """
 
+    task = "superres"
+    n_bits = 8
+
     def __init__(
         self, channels: int = 3, size: int = 32, scale: int = 2, features: int = 64, blocks: int = 4, growth: int = 50
     ) -> None:
@@ -111,11 +103,10 @@ class FactorizedSuperRes(_Factorized):
         nn.init.zeros_(self.head.weight)
         with torch.no_grad():  # start at mu = upsampled LR, s = 0.02 (about 5 grey levels)
             self.head.bias.copy_(torch.cat([torch.zeros(channels), torch.full((channels,), math.log(0.02))]))
-        self.task = "superres"
 
     def params(self, cond: Any, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(mu, log s)`` in [0, 1] units at the target size."""
-        cond = check_condition(cond, self.cond_shape, self.scale, target, type(self).__name__)
+        cond = self.check_condition(cond, target)
         dtype = self.head.weight.dtype
         c = condition_to_float(cond.to(self.head.weight.device), dtype)
         up = partial(F.interpolate, scale_factor=self.scale, mode="bilinear", align_corners=False)
@@ -125,7 +116,7 @@ class FactorizedSuperRes(_Factorized):
 
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` exact bits/dim ``-log2 P(x | cond) / D`` (no dequantization: ``generator`` is unused)."""
-        self._check_target(x)
+        self.check_target(x)
         mean, log_s = self.params(cond, x)
         return self._bits(discretized_logistic_log_prob(x, mean, log_s), x)
 
@@ -135,7 +126,7 @@ class FactorizedSuperRes(_Factorized):
     ) -> Tensor:
         """``n`` independent-pixel samples; temperature scales ``s``, and 0 gives the bin of ``mu`` (the mode)."""
         mean, log_s = self.params(cond)
-        self._batch(n, mean)
+        self.check_batch(n, mean)
         mean, log_s = mean.expand(n, *mean.shape[1:]), log_s.expand(n, *log_s.shape[1:])
         where = generator.device if generator is not None else mean.device
         u = torch.rand(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
@@ -165,6 +156,10 @@ class FactorizedSegmenter(_Factorized):
         torch.Size([2, 1, 16, 16])
     """
 
+    task = "segment"
+    n_bits = 1
+    probability_map: ClassVar[bool] = True
+
     def __init__(
         self,
         channels: int = 3,
@@ -185,11 +180,10 @@ class FactorizedSegmenter(_Factorized):
         self.target_multiple = 2**levels
         self.check_values = BinaryDequantize.check
         self.head = nn.Conv2d(sum(self.backbone.level_channels), 1, 3, padding=1)
-        self.task = "segment"
 
     def logits(self, cond: Any, target: Tensor | None = None) -> Tensor:
         """The per-pixel ``logit p_j`` from every level's features upsampled to full size."""
-        cond = check_condition(cond, self.cond_shape, 1, target, type(self).__name__)
+        cond = self.check_condition(cond, target)
         c = condition_to_float(cond.to(self.head.weight.device), self.head.weight.dtype)
         size = c.shape[-2:]
         feats = [
@@ -198,7 +192,7 @@ class FactorizedSegmenter(_Factorized):
         return self.head(torch.cat(feats, dim=1))
 
     def _terms(self, x: Tensor, cond: Any) -> tuple[Tensor, Tensor]:
-        self._check_target(x)
+        self.check_target(x)
         logit = self.logits(cond, x)
         log_p, log_1mp = F.logsigmoid(logit), F.logsigmoid(-logit)
         y = x.to(logit.dtype)
@@ -228,7 +222,7 @@ class FactorizedSegmenter(_Factorized):
     ) -> Tensor:
         """``n`` factored Bernoulli masks; temperature 0 thresholds the soft map at 1/2."""
         prob = self.probability(cond)
-        self._batch(n, prob)
+        self.check_batch(n, prob)
         prob = prob.expand(n, *prob.shape[1:])
         if temperature == 0:
             return (prob > 0.5).to(torch.uint8)
@@ -242,10 +236,11 @@ def _register_presets() -> None:
         register_model(
             f"factorized-sr{scale}",
             f"factorized discretized-logistic baseline for x{scale} super-resolution (Winkler et al. 5.1, Table 8)",
+            task="superres",
         )(partial(FactorizedSuperRes, scale=scale))
-    register_model("factorized-seg", "factorized weighted-Bernoulli segmentation baseline (Winkler et al. eq. 9)")(
-        FactorizedSegmenter
-    )
+    register_model(
+        "factorized-seg", "factorized weighted-Bernoulli segmentation baseline (Winkler et al. eq. 9)", task="segment"
+    )(FactorizedSegmenter)
 
 
 _register_presets()

@@ -222,6 +222,7 @@ def _register_presets() -> None:
             f"mrcnf-{data}",
             f"MRCNF for {data} ({size}): {resolutions} resolutions x {blocks} CNF blocks, 64 hidden "
             f"(resolutions=1..{most}, density=cnf|coupling)",
+            cnf=True,
         )(partial(mrcnf, image_shape=shape, resolutions=resolutions, alpha=alpha, blocks_per_level=table))
 
 

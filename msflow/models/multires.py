@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
-from msflow.models._image_flow import ImageFlow
+from msflow.models.base import ImageFlow, StepLoss
 from msflow.models.multires_superres import PyramidSuperResolution
 from msflow.models.multires_training import CNFLevelTraining
 from msflow.transforms import PYRAMIDS, Affine, PyramidMap, UniformDequantize
@@ -89,6 +89,10 @@ class MultiResolutionFlow(CNFLevelTraining, PyramidSuperResolution, ImageFlow):
         >>> model.bits_per_dim(x).shape, len(model.level_log_probs(x))
         (torch.Size([2]), 2)
     """
+
+    independent_levels: ClassVar[bool] = True
+    flow_matching: ClassVar[bool] = True
+    pyramid_superres: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -309,6 +313,19 @@ class MultiResolutionFlow(CNFLevelTraining, PyramidSuperResolution, ImageFlow):
         n_bits, dims = self.dequantizer.n_bits, self.level_dims()
         total = bits_per_dim(sum(terms), self.num_dims, n_bits, log_q)
         return total, [bits_per_dim(t, d, n_bits) for t, d in zip(terms, dims, strict=True)]
+
+    def training_loss(
+        self, x: Tensor, generator: torch.Generator | None = None, cond: Any = None, level: int | None = None
+    ) -> StepLoss:
+        """Mean bits/dim (of level ``level`` alone over its own dimensions, or of the whole model with
+        each level's logged as ``bpd_level<s>``) plus the RNODE regulariser."""
+        self._no_cond(cond)
+        if level is not None:
+            self.check_level(level)
+            return self._with_regularizer(self.level_bits_per_dim(x, generator=generator, levels=[level])[0].mean(), {})
+        total, per_level = self.bits_per_dim_by_level(x, generator)
+        logged = {f"bpd_level{s}": b.detach().mean() for s, b in enumerate(per_level)}
+        return self._with_regularizer(total.mean(), logged)
 
     def bits_per_dim(self, x: Tensor, cond: Any = None, generator: torch.Generator | None = None) -> Tensor:
         """``(B,)`` bits/dim of integer images ``x`` (uint8) with one dequantization draw."""

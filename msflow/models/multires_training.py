@@ -41,6 +41,11 @@ class CNFLevelTraining:
             )
         return prefix, chain
 
+    def check_flow_matching(self, level: int | None = None) -> None:
+        """Refuse, naming the fix, unless every level trained (or level ``level``) is made of CNF blocks."""
+        for s in range(self.num_resolutions) if level is None else [level]:
+            self.level_cnf_blocks(s)
+
     def level_flow_matching_terms(
         self, x: Tensor, generator: torch.Generator | None = None, levels: Sequence[int] | None = None
     ) -> list[dict[str, Tensor]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from msflow.core import FlowSequential, InvertibleModule, Shape, check_image
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
 from msflow.errors import ShapeError
 from msflow.metrics.bpd import bits_per_dim
-from msflow.models._image_flow import ImageFlow
+from msflow.models.base import ImageFlow
 from msflow.transforms import GaussianSplitPrior, Squeeze, UniformDequantize
 from msflow.transforms.preprocess import PREPROCESSORS
 
@@ -39,6 +39,12 @@ def check_squeezable(image_shape: Shape, num_levels: int) -> None:
         f"{h}x{w} cannot be squeezed {num_levels} times; {fewer}pad to {pad_h}x{pad_w} "
         f"(e.g. get_dataset(..., pad_to={max(pad_h, pad_w)}))"
     )
+
+
+def split_kept(h: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """``(kept, factored out)``: the first ``keep`` channels of ``h`` go on to the next level, the
+    rest leave as a latent; ``torch.cat([kept, out], 1)`` undoes it."""
+    return h[:, :keep], h[:, keep:]
 
 
 class MultiScaleFlow(ImageFlow):
@@ -70,6 +76,8 @@ class MultiScaleFlow(ImageFlow):
         >>> [tuple(s) for s in model.latent_shapes()]
         [(2, 14, 14), (8, 7, 7)]
     """
+
+    multiscale: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -114,7 +122,9 @@ class MultiScaleFlow(ImageFlow):
             raise ShapeError(f"this model is built for {self.image_shape}, not {tuple(image_shape)}")
         return list(self._latent_shapes)
 
-    def _features(self, cond: Any) -> list[Any]:
+    def level_features(self, cond: Any) -> list[Any]:
+        """Each level's condition features: ``cond_encoder(cond)``, ``cond`` itself at every level
+        without an encoder, ``None`` at every level without a condition."""
         if cond is None:
             return [None] * len(self.levels)
         feats = self.cond_encoder(cond) if self.cond_encoder is not None else [cond] * len(self.levels)
@@ -125,33 +135,62 @@ class MultiScaleFlow(ImageFlow):
     def encode(self, v: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
         """Continuous images ``v`` in [0, 1) -> (latents fine to coarse, log|det d eps / d v|)."""
         check_image(v, self.image_shape, type(self).__name__)
-        return self._encode_with(v, self._features(cond))
+        return self.encode_with_features(v, self.level_features(cond))
 
-    def _encode_with(self, v: Tensor, feats: Sequence[Any]) -> tuple[list[Tensor], Tensor]:
-        """:meth:`encode` given each level's condition features."""
+    def encode_with_features(self, v: Tensor, feats: Sequence[Any]) -> tuple[list[Tensor], Tensor]:
+        """:meth:`encode` given each level's condition features (``None`` for none).
+
+        The flow is convolutional: ``v`` may be ``(B, C, H, W)`` of any size whose sides the
+        levels can squeeze, not only ``image_shape``; a bad one raises a :class:`ShapeError`.
+        """
+        self._check_features(feats)
+        if v.dim() != 4 or v.shape[1] != self.image_shape[0]:
+            want = f"(B, {self.image_shape[0]}, H, W)"
+            raise ShapeError(f"{type(self).__name__} encodes images {want}, got {tuple(v.shape)}")
+        check_squeezable(tuple(v.shape[1:]), len(self.levels))
         h, logdet = self.preprocess(v)
         zs = []
         for level, keep, feat in zip(self.levels, self.keep, feats, strict=True):
             h, ld = level(h, feat)
             logdet = logdet + ld
-            zs.append(h[:, keep:])
-            h = h[:, :keep]
+            h, z = split_kept(h, keep)
+            zs.append(z)
         return zs, logdet
 
     def decode(self, zs: Sequence[Tensor], cond: Any = None) -> Tensor:
         """Latents fine to coarse -> continuous images ``v`` (the inverse of :meth:`encode`)."""
-        return self._decode_with(zs, self._features(cond))
+        return self.decode_with_features(zs, self.level_features(cond))
 
-    def _decode_with(self, zs: Sequence[Tensor], feats: Sequence[Any]) -> Tensor:
-        """:meth:`decode` given each level's condition features."""
-        if len(zs) != len(self.levels):
-            raise ValueError(f"expected {len(self.levels)} latents (fine to coarse), got {len(zs)}")
+    def decode_with_features(self, zs: Sequence[Tensor], feats: Sequence[Any]) -> Tensor:
+        """:meth:`decode` given each level's condition features: the inverse of :meth:`encode_with_features`.
+
+        The latents must have the shapes that :meth:`encode_with_features` gives some image
+        size (read from the coarsest latent); anything else raises a :class:`ShapeError`.
+        """
+        self._check_features(feats)
+        self._check_latents(zs)
         h = None
         for i in reversed(range(len(self.levels))):
             h = zs[i] if h is None else torch.cat([h, zs[i]], dim=1)
             h, _ = self.levels[i].inverse(h, feats[i])
         v, _ = self.preprocess.inverse(h)
         return v
+
+    def _check_features(self, feats: Sequence[Any]) -> None:
+        if len(feats) != len(self.levels):
+            raise ValueError(f"give one condition feature (or None) per level: {len(self.levels)}, got {len(feats)}")
+
+    def _check_latents(self, zs: Sequence[Tensor]) -> None:
+        if len(zs) != len(self.levels):
+            raise ValueError(f"expected {len(self.levels)} latents (fine to coarse), got {len(zs)}")
+        if zs[-1].dim() != 4:
+            raise ShapeError(f"latents are (B, C, H, W) tensors, got a {zs[-1].dim()}-D coarsest latent")
+        side = 2 ** len(self.levels)
+        size = (self.image_shape[0], zs[-1].shape[-2] * side, zs[-1].shape[-1] * side)
+        want = [(zs[-1].shape[0], *s) for s in self._trace_shapes(size)]
+        got = [tuple(z.shape) for z in zs]
+        if got != want:
+            raise ShapeError(f"latents of a {size[1]}x{size[2]} image have shapes {want} (fine to coarse), got {got}")
 
     def log_prob_continuous(self, v: Tensor, cond: Any = None) -> Tensor:
         """``log p(v)`` in nats for continuous ``v`` in [0, 1)^D, every log-det included."""

@@ -113,7 +113,7 @@ def assemble(runs: Sequence[str | Path], out: str | Path) -> Path:
         raise ConfigError("give at most one run of a whole (coarser) model; the others must be train.level=s runs")
     spec = first["model_spec"]
     model = create_model(spec["name"], **spec["overrides"])
-    levels = getattr(model, "num_resolutions", None)
+    levels = model.num_resolutions if model.independent_levels else None
     for path, meta, weights in coarse_runs:
         coarse_spec = meta["model_spec"]
         offset = coarser_offset(model, create_model(coarse_spec["name"], **coarse_spec["overrides"]), str(path))

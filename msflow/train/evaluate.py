@@ -143,13 +143,10 @@ def sample_grids(
         nfe_before = function_evaluations(model)
         generator = torch.Generator().manual_seed(seed)
         name = f"{tag}_t{temperature:.2f}"
-        if hasattr(model, "sample_resolutions"):
-            *coarser, images = model.sample_resolutions(n, temperature=temperature, generator=generator)
-            for small in coarser:
-                h, w = small.shape[-2:]
-                save_grid(small, out_dir / f"{name}_{h}x{w}.png", scale=max(1, 96 // w))
-        else:
-            images = model.sample(n, temperature=temperature, generator=generator)
+        *coarser, images = model.sample_resolutions(n, temperature=temperature, generator=generator)
+        for small in coarser:
+            h, w = small.shape[-2:]
+            save_grid(small, out_dir / f"{name}_{h}x{w}.png", scale=max(1, 96 // w))
         scale = max(1, 96 // images.shape[-1])
         paths.append(save_grid(images, out_dir / f"{name}.png", scale=scale))
         if nfe_before is not None:
@@ -179,7 +176,7 @@ def conditional_grid(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    n_bits = 1 if getattr(model, "task", "") == "segment" else 8
+    n_bits = model.n_bits
     size = tuple(targets.shape[-2:])
     rows = []
     for target, cond in zip(targets, conds, strict=True):

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from msflow._io import atomic_write
-from msflow.core import FlowSequential, InvertibleModule
+from msflow.core import FlowSequential, InvertibleModule, pending_initialization
 from msflow.errors import MsflowError
 from msflow.train.metrics_log import MetricsLog
 
@@ -90,7 +90,7 @@ def block_logdets(
         ValueError: a data-dependent initialisation (ActNorm) is still pending; measuring would
             perform it, so measure after the first training step.
     """
-    if not all(bool(getattr(m, "initialized", True)) for m in model.modules()):
+    if pending_initialization(model) is not None:
         raise ValueError("ActNorm is not initialised yet; measure log-dets after the first training step")
     sums: dict[str, Tensor] = {}
 

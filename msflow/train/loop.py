@@ -27,15 +27,14 @@ from torch import Tensor, nn
 
 from msflow._io import finite_json, remove_stale_temp_files, write_text
 from msflow.core import set_gradient_checkpointing
-from msflow.data import ImageDataset
 from msflow.data.batches import StepBatches, epoch_order  # noqa: F401  (epoch_order: re-exported)
-from msflow.data.registry import PAIRED_DATASETS
-from msflow.errors import CheckpointError, ConfigError, MsflowError, ShapeError
+from msflow.errors import CheckpointError, ConfigError, MsflowError
 from msflow.models import create_model
 from msflow.nn.subnets import subnet_precision
 from msflow.train.checkpoint import (
     save_checkpoint,
 )
+from msflow.train.compatibility import check_compatible
 from msflow.train.config import Config, config_to_dict
 from msflow.train.data import load_data, loader_workers, with_crop_size
 from msflow.train.distributed import init_distributed, skip_noise
@@ -63,38 +62,6 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, **cfg.model.options).to(device)
     return set_gradient_checkpointing(model, cfg.train.gradient_checkpointing)
-
-
-def check_compatible(model: nn.Module, data: ImageDataset, cfg: Config) -> None:
-    """Raise a :class:`ShapeError` naming the fix when data and model shapes differ.
-
-    A conditional model needs a paired dataset (targets with conditions) of its condition
-    shape, and an unconditional model refuses one.
-    """
-    model_cond, data_cond = getattr(model, "cond_shape", None), getattr(data, "cond_shape", None)
-    if model_cond is not None and data_cond is None:
-        raise ShapeError(
-            f"model {cfg.model.name!r} is conditional and needs a paired dataset "
-            f"({', '.join(sorted(PAIRED_DATASETS))}); {cfg.data.name!r} has no conditions"
-        )
-    if model_cond is None and data_cond is not None:
-        raise ShapeError(
-            f"dataset {cfg.data.name!r} pairs targets with conditions; train a conditional model on it "
-            "(cflow-*, factorized-*; `msflow list`)"
-        )
-    if model_cond is not None and tuple(data_cond) != tuple(model_cond):
-        got, want = ("x".join(map(str, s)) for s in (data_cond, model_cond))
-        raise ShapeError(
-            f"dataset {cfg.data.name!r} has {got} conditions but model {cfg.model.name!r} expects {want}; "
-            "choose the preset for this task (e.g. cflow-sr4 for photos-sr4)"
-        )
-    if tuple(data.image_shape) != tuple(model.image_shape):
-        got, want = ("x".join(map(str, s)) for s in (data.image_shape, model.image_shape))
-        smaller = data.image_shape[0] == model.image_shape[0] and data.image_shape[-1] < model.image_shape[-1]
-        hint = f"set data.pad_to={model.image_shape[-1]}" if smaller else "choose a model preset for this data"
-        raise ShapeError(
-            f"dataset {cfg.data.name!r} has {got} images but model {cfg.model.name!r} expects {want}; {hint}"
-        )
 
 
 def learning_rate(cfg: Config, step: int) -> float:
@@ -346,7 +313,7 @@ def _train(cfg: Config) -> dict[str, Any]:
         return json.loads((run_dir / "results.json").read_text())
     if logdets is not None:
         logdets.plot()
-    if hasattr(model, "level_dims"):
+    if model.independent_levels:
         _plot_levels(run_dir)
     wall_before_eval = time.perf_counter()
     result = eval_now(progress=show)

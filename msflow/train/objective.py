@@ -19,40 +19,25 @@ term, and levels trained in separate processes are assembled afterwards (``msflo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from msflow.errors import ConfigError
+from msflow.models.base import ImageFlow, StepLoss
 
 Score = Callable[..., Tensor]
 """``score(model, x, generator, cond=None) -> (B,)`` per-image bits/dim."""
 OBJECTIVES = ("likelihood", "flow_matching", "flow_matching_then_likelihood")
 
-
-class StepLoss(NamedTuple):
-    """The loss one step minimises and the scalars it logs (``loss_bpd`` when it has bits/dim)."""
-
-    loss: Tensor
-    logged: dict[str, Tensor]
-
-
 Objective = Callable[..., StepLoss]
 """``objective(model, x, generator, cond=None) -> StepLoss``; ``cond`` is a conditional model's condition batch."""
 
 
-def check_level(model: nn.Module, level: int | None) -> None:
+def check_level(model: ImageFlow, level: int | None) -> None:
     """Refuse ``train.level`` for models without independent levels, or out of range."""
-    if level is None:
-        return
-    if not hasattr(model, "level_bits_per_dim"):
-        raise ConfigError(
-            f"train.level={level} needs a multi-resolution model (an mrcnf-* preset); "
-            f"{type(model).__name__} has no independent levels"
-        )
-    if not 0 <= level < model.num_resolutions:
-        raise ConfigError(f"train.level must be in 0..{model.num_resolutions - 1} for this model, got {level}")
+    if level is not None:
+        model.check_level(level)
 
 
 def bpd_score(level: int | None) -> Score:
@@ -62,38 +47,23 @@ def bpd_score(level: int | None) -> Score:
     return lambda model, x, generator, cond=None: model.level_bits_per_dim(x, generator=generator, levels=[level])[0]
 
 
-def regularization(model: nn.Module) -> Tensor | float:
+def regularization(model: ImageFlow) -> Tensor | float:
     """The regularizer of the model's last forward pass (0 for models without one)."""
-    reg = getattr(model, "regularization_loss", None)
-    return reg() if reg is not None else 0.0
+    return model.regularization_loss()
 
 
 def _likelihood(level: int | None) -> Objective:
-    score = bpd_score(level)
-
     def objective(
-        model: nn.Module, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
+        model: ImageFlow, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
     ) -> StepLoss:
-        logged: dict[str, Tensor] = {}
-        if level is None and hasattr(model, "bits_per_dim_by_level"):
-            total, per_level = model.bits_per_dim_by_level(x, generator)
-            bpd = total.mean()
-            logged.update({f"bpd_level{s}": b.detach().mean() for s, b in enumerate(per_level)})
-        elif hasattr(model, "training_bits_per_dim"):  # a surrogate loss (weighted cross-entropy)
-            bpd = model.training_bits_per_dim(x, cond, generator).mean()
-        else:
-            bpd = score(model, x, generator, cond).mean()
-        reg = regularization(model)
-        if isinstance(reg, Tensor):
-            logged["reg"] = reg.detach()
-        return StepLoss(bpd + reg, {"loss_bpd": bpd.detach(), **logged})
+        return model.training_loss(x, generator, cond, level)
 
     return objective
 
 
 def _flow_matching(level: int | None) -> Objective:
     def objective(
-        model: nn.Module, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
+        model: ImageFlow, x: Tensor, generator: torch.Generator | None, cond: Tensor | None = None
     ) -> StepLoss:
         terms = model.level_flow_matching_terms(x, generator, None if level is None else [level])
         first = 0 if level is None else level
@@ -110,7 +80,7 @@ def _flow_matching(level: int | None) -> Objective:
 
 
 def objective_schedule(
-    model: nn.Module, name: str, level: int | None, finetune_fraction: float = 0.0
+    model: ImageFlow, name: str, level: int | None, finetune_fraction: float = 0.0
 ) -> Callable[[float], Objective]:
     """``progress -> objective`` for ``progress`` in [0, 1], the share of the run done.
 
@@ -129,24 +99,18 @@ def objective_schedule(
     return lambda progress: first if progress < switch else then
 
 
-def make_objective(model: nn.Module, name: str, level: int | None) -> Objective:
+def make_objective(model: ImageFlow, name: str, level: int | None) -> Objective:
     """The step objective ``name`` for ``model`` (optionally one ``level``), after checking they fit."""
     check_level(model, level)
     if name == "likelihood":
         return _likelihood(level)
     if name == "flow_matching":
-        if not hasattr(model, "level_flow_matching_terms"):
-            raise ConfigError(
-                f"train.objective=flow_matching trains continuous flows (an mrcnf-* preset with density=cnf); "
-                f"{type(model).__name__} has no vector fields: use train.objective=likelihood"
-            )
-        for s in range(model.num_resolutions) if level is None else [level]:
-            model.level_cnf_blocks(s)  # raises a ConfigError naming the fix for non-CNF levels
+        model.check_flow_matching(level)
         return _flow_matching(level)
     raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES[:2])} here, got {name!r}")
 
 
-def function_evaluations(model: nn.Module) -> int | None:
+def function_evaluations(model: ImageFlow) -> int | None:
     """Cumulative ODE function evaluations of a continuous model, else ``None``."""
-    nfe = getattr(model, "nfe", None)
-    return nfe()["total"] if nfe is not None else None
+    nfe = model.nfe()
+    return nfe["total"] if nfe is not None else None

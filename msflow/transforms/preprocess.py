@@ -52,6 +52,11 @@ class UniformDequantize(nn.Module):
         self.n_bits = n_bits
         self.levels = 2**n_bits
 
+    @property
+    def scale_bits(self) -> int:
+        """Bits of the bin width ``2^-n_bits`` that bits/dim adds back (``n_bits``; 0 for binary dequantization)."""
+        return self.n_bits
+
     def check(self, x: Tensor) -> None:
         """Raise :class:`DataError` unless ``x`` holds integers in ``[0, 2^bits)``."""
         if x.dtype == torch.uint8 and self.levels >= 256:
