@@ -306,3 +306,17 @@ def test_adam_reduces_bits_per_dim() -> None:
     after = evaluate()
     assert math.isfinite(after)
     assert after < before - 2.5, f"bits/dim only went from {before:.3f} to {after:.3f}"
+
+
+def test_encode_decode_with_features_run_at_any_squeezable_size_and_check_shapes() -> None:
+    model = glow((1, 8, 8), levels=2, steps=1, hidden=8).eval()
+    v = torch.rand(2, 1, 16, 12)  # convolutional: another size whose sides the levels can squeeze
+    with torch.no_grad():
+        zs, _ = model.encode_with_features(v, [None, None])
+        assert torch.allclose(model.decode_with_features(zs, [None, None]), v, atol=1e-5)
+    with pytest.raises(ShapeError, match="level 1"):
+        model.encode_with_features(torch.rand(2, 1, 6, 6), [None, None])
+    with pytest.raises(ShapeError, match="latents of a 16x12 image have shapes"):
+        model.decode_with_features([zs[0][:, :1], zs[1]], [None, None])
+    with pytest.raises(ValueError, match="one condition feature"):
+        model.encode_with_features(v, [None])

@@ -147,7 +147,7 @@ class MultiScaleFlow(ImageFlow):
         if v.dim() != 4 or v.shape[1] != self.image_shape[0]:
             want = f"(B, {self.image_shape[0]}, H, W)"
             raise ShapeError(f"{type(self).__name__} encodes images {want}, got {tuple(v.shape)}")
-        check_squeezable(tuple(v.shape[1:]), len(self.levels))
+        self._trace_shapes(tuple(v.shape[1:]))  # raises a ShapeError naming the level a size cannot pass
         h, logdet = self.preprocess(v)
         zs = []
         for level, keep, feat in zip(self.levels, self.keep, feats, strict=True):
@@ -185,8 +185,9 @@ class MultiScaleFlow(ImageFlow):
             raise ValueError(f"expected {len(self.levels)} latents (fine to coarse), got {len(zs)}")
         if zs[-1].dim() != 4:
             raise ShapeError(f"latents are (B, C, H, W) tensors, got a {zs[-1].dim()}-D coarsest latent")
-        side = 2 ** len(self.levels)
-        size = (self.image_shape[0], zs[-1].shape[-2] * side, zs[-1].shape[-1] * side)
+        # How much smaller the coarsest latent is than the image: a property of the levels, read from the build.
+        fh, fw = (d // c for d, c in zip(self.image_shape[1:], self._latent_shapes[-1][1:], strict=True))
+        size = (self.image_shape[0], zs[-1].shape[-2] * fh, zs[-1].shape[-1] * fw)
         want = [(zs[-1].shape[0], *s) for s in self._trace_shapes(size)]
         got = [tuple(z.shape) for z in zs]
         if got != want:
