@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from msflow._allocator import tune_cpu_allocator
 from msflow.cli import analysis_cmds, model_cmds, run_cmds, task_cmds, translate_cmds
+from msflow.cli._common import add_force_options, check_outputs
 from msflow.errors import MsflowError
 
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (run_cmds, analysis_cmds, model_cmds, task_cmds, translate_cmds):
         group.register(sub)
+    add_force_options(sub)  # one convention for every output: an existing file is replaced only with --force
     return parser
 
 
@@ -78,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # each warning once per command, even in a long-lived process
             warnings.showwarning = _one_line_warnings(args.command)
+            check_outputs(args)  # before any work: nothing is computed only to be refused at the end
             func(args)
     except MsflowError as err:
         print(f"msflow {args.command}: error: {err}", file=sys.stderr)

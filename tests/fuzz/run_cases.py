@@ -111,7 +111,8 @@ def checkpoint_commands(tally: Tally, run: Path, tmp: Path, marker: Path, capsys
         ckpt = copy / CHECKPOINT
         if v.scope in (ALL, ALL_PENDING, LOAD):
             tally.check(f"eval {v.name}", cli_error(["eval", str(copy)], capsys, ckpt))
-            tally.check(f"sample {v.name}", cli_error(["sample", str(copy), "-n", "4", "-o", str(out)], capsys, ckpt))
+            argv = ["sample", str(copy), "-n", "4", "-o", str(out), "--force"]  # the checkpoint is judged
+            tally.check(f"sample {v.name}", cli_error(argv, capsys, ckpt))
         if v.scope == ALL and i % 2 == 0:
             argv = ["train", str(run / "config.yaml"), "--out", str(copy)]
             tally.check(f"train {v.name}", cli_error(argv, capsys, ckpt))
@@ -178,7 +179,7 @@ def numeric_option(tally: Tally, tmp: Path, option: NumericOption, capsys: pytes
     for value in BAD_NUMBERS + HUGE:
         argv = [*option.base, option.option, value]
         if option.writes:
-            argv += [option.writes, str(out)]
+            argv += [option.writes, str(out), "--force"]
         tally.check(f"{option.command} {option.option} {value[:20]!r}", cli_error(argv, capsys, option.option))
     tally.check("output kept", None if out.read_bytes() == b"the user's own file" else "overwritten")
 
