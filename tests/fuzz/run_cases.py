@@ -21,7 +21,7 @@ from msflow.train.config import Config, apply_overrides, config_from_dict, load_
 from msflow.train.loop import train
 from msflow.train.run import CHECKPOINT, load_run
 
-from .checkpoints import ALL, ALL_PENDING, LOAD, LOAD_PENDING, RESUME, Variant, forged_specs, random_variants, variants
+from .checkpoints import ALL, ALL_PENDING, LOAD, RESUME, Variant, forged_specs, random_variants, variants
 from .checks import Tally, cli_error, error_or, run_cli, snapshot, user_error
 from .cli_args import BAD_NUMBERS, HUGE, NumericOption, subcommands
 from .configs import (
@@ -40,14 +40,12 @@ def _resume(run: Path, out: Path) -> None:
     train(replace(cfg, train=replace(cfg.train, out=str(out))))
 
 
-def checkpoints_loaded(tally: Tally, run: Path, tmp: Path, marker: Path, pending: bool = False) -> None:
+def checkpoints_loaded(tally: Tally, run: Path, tmp: Path, marker: Path) -> None:
     """``load_run`` refuses every variant a loader must refuse; the others give a model or an error."""
     path = tmp / CHECKPOINT
     source = run / CHECKPOINT
     every = variants(source, marker) + random_variants(source, 300) + forged_specs(source)
     for v in every:
-        if (v.scope == LOAD_PENDING) != pending:
-            continue
         path.write_bytes(v.data)
         if v.scope == RESUME:  # optimizer state: not read by load_run
             tally.check(v.name, error_or(lambda: load_run(path), lambda m: None, path))
