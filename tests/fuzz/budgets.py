@@ -149,12 +149,19 @@ def limited_cases(run: Path, tmp: Path) -> list[Case]:
     return cases
 
 
-# Runs in the child: import msflow, cap the address space, prove the cap holds, then each case
-# with an alarm. Overtime is a BaseException: msflow's main catches OSError (TimeoutError is one).
+# Runs in the child: import msflow and what a first training run imports and reads (the bundled
+# digits; torch.optim.Adam imports torch._dynamo, 7 of the 10 s on a busy 2-core machine), cap the
+# address space, prove the cap holds, then each case with an alarm. Overtime is a BaseException:
+# msflow's main catches OSError (TimeoutError is one).
 _CHILD = """
 import io, json, re, resource, signal, sys, time
 from contextlib import redirect_stderr, redirect_stdout
+import torch
 from msflow.cli import main
+import msflow.train.loop
+from msflow.data import get_dataset
+get_dataset("digits8", "train")
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 class Overtime(BaseException):
     pass
