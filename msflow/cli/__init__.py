@@ -1,8 +1,9 @@
 """The ``msflow`` command: parses arguments, then calls library functions.
 
 Every error caused by the user (bad config, missing data, foreign checkpoint, bad shape) is
-printed as one line on stderr with exit code 2; nothing half-written is left behind. Each
-module here registers a group of subcommands.
+printed as one line on stderr with exit code 2; nothing half-written is left behind. No output
+replaces an existing file unless the command is given ``--force`` (checked before any work, see
+:func:`~msflow.cli._common.check_outputs`). Each module here registers a group of subcommands.
 """
 
 from __future__ import annotations
