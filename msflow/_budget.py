@@ -129,10 +129,14 @@ def _image_shape(model: str, value: Any) -> None:
             ) from None
 
 
-def _check_option(model: str, key: str, value: Any) -> None:
-    """Type, sign and limit of one option whose name says it is a size; others are the builder's."""
-    if value is None or (key == "scale" and isinstance(value, str)):  # None: the preset's default
-        return  # (glow's scale is the name of a function, CAFLOW's and cflow's a factor)
+def _check_option(model: str, key: str, value: Any, default: Any) -> None:
+    """Type, sign and limit of one option whose name says it is a size; others are the builder's.
+
+    ``default`` is the preset's value: where it is text (glow's ``scale`` names a function, where
+    CAFLOW's and cflow's is a factor), the option is not a size.
+    """
+    if value is None or isinstance(default, str):  # None: the preset's default
+        return
     if key == "image_shape":
         _image_shape(model, value)
     elif key in SEQUENCES:
@@ -206,7 +210,7 @@ def check_model_spec(model: str, defaults: Mapping[str, Any], overrides: Mapping
     the estimate of both together.
     """
     for key, value in overrides.items():
-        _check_option(model, key, value)
+        _check_option(model, key, value, defaults.get(key))
     if allow_large():
         return
     e = estimate({**defaults, **overrides})

@@ -29,6 +29,6 @@ wait "$full"
 wait "$ablation"
 tail -n 2 "$out"/train*.log
 .venv/bin/msflow translate-table "$out/model" "$out/model-dualglow" --count 100 --best-of 10 \
-  --grid "$out/grid.png" --json "$out/table.json" | tee "$out/table.md"
+  --grid "$out/grid.png" --json "$out/table.json" --force | tee "$out/table.md"
 .venv/bin/msflow translate-table "$out/model" "$out/model-dualglow" --count 100 --best-of 10 -t 1 \
-  --grid "$out/grid_t1.png" --json "$out/table_t1.json" | tee "$out/table_t1.md"
+  --grid "$out/grid_t1.png" --json "$out/table_t1.json" --force | tee "$out/table_t1.md"

@@ -18,7 +18,7 @@ wait
 tail -n 3 "$out"/photos-*.log
 table() {  # NAME RUN... [--baseline RUN]
   local name=$1; shift
-  .venv/bin/msflow task-table "$@" --json "docs/results/task-$name.json" -o "docs/figures/task-$name.png"
+  .venv/bin/msflow task-table "$@" --json "docs/results/task-$name.json" -o "docs/figures/task-$name.png" --force
 }
 table sr2 "$out/photos-sr2-cflow" --baseline "$out/photos-sr2-factorized"
 table sr4 "$out/photos-sr4-cflow" "$out/photos-sr4-caflow"

@@ -15,4 +15,4 @@ train() {
 train cflow & train cflow-uniform & train factorized & wait
 tail -n 3 "$out"/*.log
 .venv/bin/msflow seg-table "$out/cflow" "$out/cflow-uniform" "$out/factorized" \
-  -o "$out/precision_recall.png" --json "$out/table.json" | tee "$out/table.md"
+  -o "$out/precision_recall.png" --json "$out/table.json" --force | tee "$out/table.md"

@@ -16,4 +16,4 @@ done
 wait
 tail -n 3 "$out/cflow.log" "$out/factorized.log"
 .venv/bin/msflow sr-table "$out/cflow" "$out/factorized" --json "$out/table.json" \
-  -o "$out/temperatures.png" | tee "$out/table.md"
+  -o "$out/temperatures.png" --force | tee "$out/table.md"

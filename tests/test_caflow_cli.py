@@ -153,13 +153,15 @@ def test_colorize_an_image_of_any_size_and_a_test_pair(runs: dict[str, Path], tm
     payload = json.loads((tmp_path / "c.json").read_text())
     assert len(payload["bpd"]) == 2 and payload["bpd"][0] <= payload["bpd"][1] and len(payload["scores"]) == 2
     assert payload["tiles"] == 1 and payload["panel"] is None
-    assert main([*args, "--panel", str(panel)]) == 0
+    assert main([*args, "--panel", str(panel)]) == 2  # c.png is there: replaced only with --force
+    assert "c.png exists: give --force to replace it" in capsys.readouterr().err
+    assert main([*args, "--panel", str(panel), "--force"]) == 0
     with Image.open(panel) as grid:
         assert grid.size[0] > 4 * grid.size[1]  # condition, 2 samples, truth in one row
     assert "in 6 tiles" not in capsys.readouterr().out
     # a photo larger than a tile: ranked per tile, blended, at its own size
     big = photo(tmp_path / "big.png", (70, 45))
-    args = ["colorize", str(runs["colorize"]), str(big), "-n", "1", "--best-of", "2", "-o", str(out)]
+    args = ["colorize", str(runs["colorize"]), str(big), "-n", "1", "--best-of", "2", "-o", str(out), "--force"]
     assert main([*args, "--tile", "32", "--overlap", "8"]) == 0
     assert "45x70, the best 1 of 2 samples at temperature 0.85, ranked per tile in 6 tiles" in capsys.readouterr().out
     with Image.open(out) as best:
@@ -167,10 +169,11 @@ def test_colorize_an_image_of_any_size_and_a_test_pair(runs: dict[str, Path], tm
     assert main([*args, "--tile", "32", "--overlap", "16"]) == 2
     assert "use a tile of at least" in capsys.readouterr().err
 
-    assert main(["colorize", str(runs["colorize"]), "test:5", "-n", "1", "--best-of", "2", "-o", str(out)]) == 0
+    colorize = ["colorize", str(runs["colorize"])]
+    assert main([*colorize, "test:5", "-n", "1", "--best-of", "2", "-o", str(out), "--force"]) == 0
     assert "PSNR (dB)" in capsys.readouterr().out
     grey = photo(tmp_path / "grey.png", (16, 8), "L")
-    assert main(["colorize", str(runs["colorize"]), str(grey), "-n", "1", "--best-of", "1", "-o", str(out)]) == 0
+    assert main([*colorize, str(grey), "-n", "1", "--best-of", "1", "-o", str(out), "--force"]) == 0
     assert "PSNR" not in capsys.readouterr().out  # a grey input has no truth
 
 
@@ -184,13 +187,13 @@ def test_inpaint_with_the_centre_or_a_mask(runs: dict[str, Path], tmp_path: Path
         assert best.size == (20, 12)
     mask = tmp_path / "mask.png"
     Image.fromarray((np.arange(20)[None].repeat(12, 0) < 5).astype(np.uint8) * 255).save(mask)
-    assert main([*base, "--mask", str(mask)]) == 0
+    assert main([*base, "--mask", str(mask), "--force"]) == 0
     capsys.readouterr()
     Image.new("L", (12, 20), 255).save(tmp_path / "tall.png")
-    assert main([*base, "--mask", str(tmp_path / "tall.png")]) == 2
+    assert main([*base, "--mask", str(tmp_path / "tall.png"), "--force"]) == 2
     assert "the mask of a 12x20 image must be 12x20" in capsys.readouterr().err
     grey = photo(tmp_path / "grey.png", (20, 12), "L")
-    assert main(["inpaint", str(runs["inpaint"]), str(grey), "-o", str(out)]) == 2
+    assert main(["inpaint", str(runs["inpaint"]), str(grey), "-o", str(out), "--force"]) == 2
     assert "inpaint expects an RGB image (3x12x20), got 1x12x20" in capsys.readouterr().err
 
 
@@ -203,7 +206,8 @@ def test_translate_from_an_edge_map_or_a_photo(runs: dict[str, Path], tmp_path: 
     assert "temperature 0.8" in printed and "PSNR" not in printed
     with Image.open(out) as best:
         assert best.size == (24, 16)
-    assert main(["translate", str(runs["sketch"]), "test:0", "-n", "1", "--best-of", "2", "-o", str(out)]) == 0
+    args = ["translate", str(runs["sketch"]), "test:0", "-n", "1", "--best-of", "2", "-o", str(out), "--force"]
+    assert main(args) == 0
     assert "PSNR (dB)" in capsys.readouterr().out
 
 
@@ -218,12 +222,12 @@ def test_superres_keeps_the_best_of_m(runs: dict[str, Path], tmp_path: Path, cap
     with Image.open(out) as best:  # the best sample itself, 4 times the input's sides
         assert best.size == (64, 32)
     panel = tmp_path / "panel.png"
-    args = ["superres", str(runs["superres"]), str(low), "-n", "2", "--best-of", "3", "-o", str(out)]
+    args = ["superres", str(runs["superres"]), str(low), "-n", "2", "--best-of", "3", "-o", str(out), "--force"]
     assert main([*args, "--panel", str(panel)]) == 0
     with Image.open(panel) as grid:  # input, bicubic, 2 samples of 32x64 in one row
         assert grid.size[0] > 4 * grid.size[1]
     capsys.readouterr()
-    assert main(["superres", str(runs["superres"]), str(low), "-n", "2", "-o", str(out)]) == 0
+    assert main(["superres", str(runs["superres"]), str(low), "-n", "2", "-o", str(out), "--force"]) == 0
     assert "best first" not in capsys.readouterr().out  # --best-of 1: plain samples
     assert main(["superres", str(runs["superres"]), str(low), "-n", "3", "--best-of", "2"]) == 2
     assert "--best-of 2 draws fewer samples than -n 3" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Crash safety: SIGKILL at chosen and random points, a full disk during a checkpoint write.
 
 Every interrupted run is resumed with the same command and must end in exactly the state of a
-run that was never interrupted; no checkpoint on disk may ever be partial or unreadable.
+run that was never interrupted; no checkpoint on disk may ever be partial or unreadable. The
+number of SIGKILLs the suite dealt is printed at its end.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,27 @@ from runs import (
     run_msflow,
     tmp_files,
 )
+
+# Kills dealt, by where they struck, over every test that ran; printed at the end of the module.
+KILLS: Counter[str] = Counter()
+
+
+def killed(proc: subprocess.Popen | subprocess.CompletedProcess, where: str, log: str = "") -> None:
+    """``proc`` died of SIGKILL (the fault was reached); count it."""
+    assert proc.returncode == -signal.SIGKILL, f"{where}: exit {proc.returncode}, not a SIGKILL:\n{log[-2000:]}"
+    KILLS[where] += 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kill_count(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None and KILLS:
+        parts = ", ".join(f"{where} {n}" for where, n in sorted(KILLS.items()))
+        with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
+            reporter.write_line(f"\nfault kills: {sum(KILLS.values())} SIGKILLs in all; {parts}")
+
 
 # ----------------------------------------------------------------------------- crash and resume
 
@@ -102,7 +126,7 @@ def start_and_sigkill(tmp_path: Path, mode: str, at: int, run_dir: Path) -> list
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, log.read_text()
+    killed(proc, f"held at a {mode}", log.read_text())
     assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
     return seen
 
@@ -201,7 +225,7 @@ def inject_random_faults(run_dir: Path, cwd: Path, kills: int, seed: int) -> lis
         cap = EVERY * (1 + i * (STEPS // EVERY - 2) // kills)
         kind, at = draw_fault(rng, kinds[i] if i < len(kinds) else rng.choice(kinds), done, cap)
         proc = run_with_fault(kind, at, run_dir, cwd, latest=max(done + 1, cap))
-        assert proc.returncode == -signal.SIGKILL, f"{kind} at {at} was not reached:\n{proc.stderr[-2000:]}"
+        killed(proc, f"random {kind}", f"{kind} at {at} was not reached:\n{proc.stderr}")
         after = saved_step(run_dir)  # loads, so it is complete
         assert done <= after < STEPS, f"the checkpoint went from step {done} to {after}"
         assert not (run_dir / "results.json").exists()
@@ -261,7 +285,7 @@ def test_full_disk_then_a_crash_leaves_the_checkpoint_before_the_failed_write(tm
     env = {**SUBPROCESS_ENV, "PYTHONPATH": str(DRIVER.parent)}
     argv = [sys.executable, str(script), "train", *RESUME_ARGS, "--out", str(run_dir)]
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    killed(proc, "after a full disk", proc.stderr)
     assert saved_step(run_dir) == 4
     assert tmp_files(run_dir) == []  # the half-written file of step 8 was removed when the write failed
 
@@ -279,3 +303,26 @@ def test_full_disk_at_the_final_checkpoint_is_a_clear_error_and_rerunning_finish
     proc = run_msflow(["train", *RESUME_ARGS, "--out", str(run_dir)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert_same_final_state(run_dir, reference_run)
+
+
+# ----------------------------------------------------------------------------- a command's output
+
+
+def test_a_command_killed_while_replacing_its_output_leaves_the_old_file_whole(
+    tmp_path: Path, reference_run: Path
+) -> None:
+    """``--force`` replaces a file atomically: killed just before the rename, the user's file is
+    the old one, byte for byte; rerun, it is the new one."""
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"the user's own file")
+    argv = [sys.executable, str(DRIVER), "replace", "1", "sample", str(reference_run), "-n", "4", "-o", str(out)]
+    proc = subprocess.run(
+        [*argv, "--force"], cwd=tmp_path, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    killed(proc, "replacing an output", proc.stderr)
+    assert out.read_bytes() == b"the user's own file"
+    proc = run_msflow(["sample", str(reference_run), "-n", "4", "-o", str(out)], cwd=tmp_path)
+    assert proc.returncode == 2 and "exists: give --force" in proc.stderr  # still the user's file
+    proc = run_msflow(["sample", str(reference_run), "-n", "4", "-o", str(out), "--force"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,11 +14,12 @@ category is printed at the end of this module.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuzz import file_cases, run_cases
+from fuzz import budgets, file_cases, outputs, run_cases
 from fuzz.checkpoints import ALL, ALL_PENDING, RESUME
 from fuzz.checks import SUMMARY, Tally
 from fuzz.cli_args import NumericOption, numeric_options
@@ -129,12 +130,6 @@ def test_load_run_refuses_hostile_checkpoints(run: Path, tmp_path: Path, marker:
     tally.done()
 
 
-def test_load_run_refuses_options_no_model_accepts(run: Path, tmp_path: Path, marker: Path) -> None:
-    tally = Tally("checkpoints")
-    run_cases.checkpoints_loaded(tally, run, tmp_path, marker, pending=True)
-    tally.done()
-
-
 def test_resuming_from_hostile_checkpoints(run: Path, tmp_path: Path, marker: Path) -> None:
     tally = Tally("checkpoints")
     run_cases.checkpoints_resumed(tally, run, tmp_path, marker, (ALL,))
@@ -196,4 +191,43 @@ def test_missing_files_folders_and_unwritable_outputs(run: Path, tmp_path: Path,
 def test_numeric_options_out_of_range(option: NumericOption, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     tally = Tally("cli arguments")
     run_cases.numeric_option(tally, tmp_path, option, capsys)
+    tally.done()
+
+
+# ----------------------------------------------------------------------------- 8. outputs
+
+
+def test_outputs_never_replace_a_file_without_force(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tally = Tally("outputs")
+    outputs.refused(tally, tmp_path, run, capsys, monkeypatch)
+    tally.done()
+
+
+# ----------------------------------------------------------------------------- 9. sizes
+
+
+def test_size_options_of_every_preset_are_checked_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    tally = Tally("sizes")
+    budgets.preset_options(tally, monkeypatch)
+    tally.done()
+
+
+def test_oversized_headers_and_overrides_end_in_one_line_within_10s_and_1gb(run: Path, tmp_path: Path) -> None:
+    """Issue 25's cases through ``msflow`` in a child capped at 1 GiB of address space over what
+    importing msflow took, 10 s each; a real command under the same cap still works."""
+    cases = budgets.limited_cases(run, tmp_path)
+    control = tmp_path / "control.png"
+    argv = [c.argv for c in cases] + [["sample", str(run), "-n", "4", "-o", str(control)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(budgets._budget.ALLOW_LARGE, None)
+    capped, results = budgets.run_limited(argv, tmp_path, env)
+    tally = Tally("sizes")
+    tally.check("the memory cap holds (2 GiB refused)", None if capped else "a 2 GiB allocation succeeded")
+    for case, result in zip(cases, results, strict=False):
+        tally.check(case.label, budgets.limited_outcome(case, result))
+    last = results[-1]
+    ok = last["rc"] == 0 and control.is_file()
+    tally.check("a real command under the cap", None if ok else f"exit {last['rc']}: {last['err'][-300:]}")
     tally.done()

@@ -133,7 +133,7 @@ def test_superres_and_eval_of_a_continuous_flow(levels: list[Path], tmp_path: Pa
     assert main(["superres", str(out), str(tmp_path / "c.png"), "--scale", "4"]) == 2
     assert "can super-resolve up to x2, not x4" in capsys.readouterr().err
     # A bundled held-out photo of any size, as the ground truth: reduced, refined and scored.
-    args = ["superres", str(out), "chelsea", "--hr", "-n", "2", "-o", str(tmp_path / "up.png")]
+    args = ["superres", str(out), "chelsea", "--hr", "-n", "2", "-o", str(tmp_path / "up.png"), "--force"]
     assert main([*args, "--panel", str(tmp_path / "cat.png")]) == 0
     text = capsys.readouterr().out
     assert "300x450 ground truth reduced to 150x225" in text

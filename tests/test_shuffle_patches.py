@@ -108,7 +108,7 @@ def test_shuffle_patches_command(tiny_run: Path, tmp_path: Path, capsys: pytest.
     assert data["rows"][-1]["bpd"] == pytest.approx(expected, abs=1e-9)
     assert float(rows[-1][2]) == pytest.approx(expected, abs=1e-4)
 
-    rc, out, err = call_main(["shuffle-patches", str(tiny_run), "--k", "2", "4", "-o", str(png)], capsys)
+    rc, out, err = call_main(["shuffle-patches", str(tiny_run), "--k", "2", "4", "-o", str(png), "--force"], capsys)
     assert rc == 0, err
     assert [int(r[0]) for r in ROW.findall(out)] == [2, 4]
 

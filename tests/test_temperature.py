@@ -249,7 +249,7 @@ def test_cli_second_run_uses_the_cache(
     argv = ["temperature", str(tiny_run), "--temperatures", "1", "-n", "30", "--cache-dir", str(cache)]
     rc, out, err = call_main([*argv, "-o", str(out_png)], capsys)
     assert rc == 0, err
-    rc, out, err = call_main([*argv, "-o", str(out_png)], capsys)
+    rc, out, err = call_main([*argv, "-o", str(out_png), "--force"], capsys)
     assert rc == 0, err
     assert "feature classifier (cached)" in out and len(ROW.findall(out)) == 1 and out_png.is_file()
 

@@ -1,8 +1,9 @@
 """The ``msflow`` command: parses arguments, then calls library functions.
 
 Every error caused by the user (bad config, missing data, foreign checkpoint, bad shape) is
-printed as one line on stderr with exit code 2; nothing half-written is left behind. Each
-module here registers a group of subcommands.
+printed as one line on stderr with exit code 2; nothing half-written is left behind. No output
+replaces an existing file unless the command is given ``--force`` (checked before any work, see
+:func:`~msflow.cli._common.check_outputs`). Each module here registers a group of subcommands.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import NoReturn
 
 from msflow._allocator import tune_cpu_allocator
 from msflow.cli import analysis_cmds, model_cmds, run_cmds, task_cmds, translate_cmds
+from msflow.cli._common import add_force_options, check_outputs
 from msflow.errors import MsflowError
 
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (run_cmds, analysis_cmds, model_cmds, task_cmds, translate_cmds):
         group.register(sub)
+    add_force_options(sub)  # one convention for every output: an existing file is replaced only with --force
     return parser
 
 
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")  # each warning once per command, even in a long-lived process
             warnings.showwarning = _one_line_warnings(args.command)
+            check_outputs(args)  # before any work: nothing is computed only to be refused at the end
             func(args)
     except MsflowError as err:
         print(f"msflow {args.command}: error: {err}", file=sys.stderr)

@@ -22,6 +22,11 @@ def _show(text: str) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
+def _tail(path: str) -> str:
+    """A path as given, or its last 200 characters: the file name is what says what is wrong."""
+    return path if len(path) <= 200 else f"...{path[-197:]}"
+
+
 def int_range(low: int, high: int, what: str) -> Callable[[str], int]:
     """An argparse type: an integer in ``[low, high]``; ``what`` says what is expected."""
 
@@ -63,32 +68,94 @@ temperature_arg = float_range(0, 10, "temperature must be in [0, 10]")
 learning_rate_arg = float_range(0, 1, "learning rate must be in (0, 1]", low_open=True)
 
 
-def output_file(text: str) -> str:
-    """An argparse type for a file a command writes: checked before the work, not after it.
-
-    Missing folders are created when the file is written; a folder at the path, or a file
-    where a folder should be, is refused here.
-    """
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, expected the path of a file to write")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be written inside it")
-    # A run's own files (and its sample grids) belong to `msflow train`: another command's output
-    # must not replace them (`msflow sample RUN -o RUN/checkpoint.safetensors` once did).
-    folder = path.absolute().parent
-    in_run = (folder / "checkpoint.safetensors").exists() and path.name in RUN_FILES
-    in_samples = folder.name == "samples" and (folder.parent / "checkpoint.safetensors").exists()
-    if in_run or in_samples:
-        raise argparse.ArgumentTypeError(f"{text} is a file of the training run in {folder}: write it elsewhere")
-    return text
-
-
 RUN_FILES = frozenset(
     {"checkpoint.safetensors", "config.yaml", "metrics.jsonl", "results.json", "logdets.jsonl", "logdets.png"}
 )
 """Files ``msflow train`` keeps in a run folder: no other command's output may replace them."""
+
+
+class OutputFile:
+    """An argparse type for a file a command writes, of one kind (``.png``, ``.json``, ``.html``):
+    checked before the work, not after it.
+
+    Missing folders are created when the file is written; a folder at the path, a file where a
+    folder should be, another kind of file (``-o notes.txt`` for an image) and a run's own files
+    are refused here. Whether the file already exists is checked with the command's other
+    outputs once every argument is parsed (:func:`check_outputs`): a command with an output
+    option has ``--force``, and without it refuses to replace any file.
+
+    Example:
+        >>> png_output("grid.png")
+        'grid.png'
+        >>> png_output("notes.txt")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: notes.txt is not a .png file: this option writes a PNG image
+    """
+
+    def __init__(self, *suffixes: str, kind: str) -> None:
+        self.suffixes, self.kind = suffixes, kind
+
+    def __call__(self, text: str) -> str:
+        path = Path(text)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder, expected the path of a file to write")
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{parent} is a file, so {text} cannot be written inside it")
+        # A run's own files (and its sample grids) belong to `msflow train`: another command's output
+        # must not replace them (`msflow sample RUN -o RUN/checkpoint.safetensors` once did).
+        folder = path.absolute().parent
+        in_run = (folder / "checkpoint.safetensors").exists() and path.name in RUN_FILES
+        in_samples = folder.name == "samples" and (folder.parent / "checkpoint.safetensors").exists()
+        if in_run or in_samples:
+            raise argparse.ArgumentTypeError(f"{text} is a file of the training run in {folder}: write it elsewhere")
+        if path.suffix.lower() not in self.suffixes:
+            raise argparse.ArgumentTypeError(
+                f"{_tail(text)} is not a {' or '.join(self.suffixes)} file: this option writes {self.kind}"
+            )
+        return text
+
+
+png_output = OutputFile(".png", kind="a PNG image")
+json_output = OutputFile(".json", kind="JSON")
+html_output = OutputFile(".html", ".htm", kind="an HTML page")
+
+
+def add_force_options(sub: Any) -> None:
+    """Give every subcommand of ``sub`` that has an :class:`OutputFile` option ``--force``, and
+    record its output options (``output_options``) for :func:`check_outputs`."""
+    for parser in sub.choices.values():
+        # argparse has no public listing of a parser's actions.
+        actions = [a for a in parser._actions if isinstance(a.type, OutputFile)]  # noqa: SLF001
+        if actions:
+            parser.add_argument("--force", action="store_true", help="replace output files that already exist")
+            parser.set_defaults(output_options=[(a.dest, a.option_strings[0]) for a in actions])
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would replace a file without ``--force``, and two
+    outputs at one path.
+
+    The files are those of the output options (their defaults included) and the names a command
+    derives from them (``args.derived_outputs(args)``: ``segment -o r.png`` also writes
+    ``r_mean.png`` and ``r_mask.png``), each as ``(path, the option that sets it)``.
+    """
+    options: list[tuple[str, str]] = getattr(args, "output_options", [])
+    outputs = [(Path(getattr(args, dest)), flag, "") for dest, flag in options if getattr(args, dest) is not None]
+    derive = getattr(args, "derived_outputs", None)
+    outputs += [(path, flag, f" (written with {flag})") for path, flag in (derive(args) if derive else [])]
+    seen: dict[Path, str] = {}
+    for path, flag, _ in outputs:
+        where = path.resolve()
+        if where in seen:
+            raise ConfigError(f"{seen[where]} and {flag} name the same file {path}: give {flag} another path")
+        seen[where] = flag
+    if getattr(args, "force", False):
+        return
+    for path, flag, derived in outputs:
+        if path.exists():
+            raise ConfigError(f"{path}{derived} exists: give --force to replace it, or {flag} another path")
 
 
 def folder_arg(text: str) -> str:
@@ -103,7 +170,9 @@ def bpd_line(split: str, result: dict, data: str, seed: int) -> str:
     mean, stderr, n = result["bpd"], result["bpd_stderr"], result["n"]
     line = f"{split} bits/dim: {mean:.6f} +- {stderr:.6f} ({n} {split} images of {data}, dequantization seed {seed})"
     if result.get("diverged"):
-        line += f"; {result['diverged']} of {n} images diverged (non-finite or above 1000 bits/dim): the mean is not usable"
+        line += (
+            f"; {result['diverged']} of {n} images diverged (non-finite or above 1000 bits/dim): the mean is not usable"
+        )
     return line
 
 

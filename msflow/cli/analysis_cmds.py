@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,10 +11,12 @@ import torch
 from msflow.cli._common import (
     bpd_fn,
     folder_arg,
+    html_output,
     in_distribution,
     int_range,
+    json_output,
     learning_rate_arg,
-    output_file,
+    png_output,
     positive_int,
     seed_arg,
     temperature_arg,
@@ -28,10 +31,12 @@ SAMPLES = int_range(1, 100_000, "a positive integer")
 
 
 def cmd_bound(args: argparse.Namespace) -> None:
-    from msflow.data import get_dataset
     from msflow.metrics import linear_flow_bound
+    from msflow.train.data import padded_dataset
 
-    train, test = (get_dataset(args.data, split, root=args.root, pad_to=args.pad_to) for split in ("train", "test"))
+    train, test = (
+        padded_dataset(args.data, split, args.root, args.pad_to, option="--pad-to") for split in ("train", "test")
+    )
     r = linear_flow_bound(train.images, test.images, n_bits=train.n_bits, seed=args.seed)
     print(f"best linear (PPCA) flow on {args.data} ({r['images']} training images, {r['dims']} dims):")
     print(f"  training-set optimum (eq. 6): {r['train_bpd']:.4f} bits/dim")
@@ -144,6 +149,13 @@ def cmd_temperature(args: argparse.Namespace) -> None:
         write_json(args.json, {**result_json(result, args.run), "step": meta.get("step")})
 
 
+def _report_file(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The report's default file, ``RUN/report.html``, when ``-o`` does not name one."""
+    from msflow.analysis.report import REPORT
+
+    return [] if args.output else [(Path(args.run) / REPORT, "-o")]
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from msflow.analysis.report import check_tensorboard, write_report, write_tensorboard
     from msflow.train.evaluate import resolve_device
@@ -174,7 +186,7 @@ def register(sub: Any) -> None:
     p.add_argument("image", help="an image file of the model's size (greyscale/RGB converted)")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=1.0, help="std of the resampled latents")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the resampled latents")
-    p.add_argument("-o", "--output", type=output_file, default="perturb.png")
+    p.add_argument("-o", "--output", type=png_output, default="perturb.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_perturb)
 
@@ -187,7 +199,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("-n", type=TOY_SAMPLES, default=10_000, help="held-out samples for the log-likelihood")
-    p.add_argument("-o", "--output", type=output_file, default="toy.png")
+    p.add_argument("-o", "--output", type=png_output, default="toy.png")
     p.set_defaults(func=cmd_toy)
 
     from msflow.data.convert import FITS
@@ -202,8 +214,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the subsets, synthetic sets and dequantization")
     p.add_argument("--fit", choices=FITS, default="auto", help="how other datasets reach the model's size")
     p.add_argument("--root", help="folder of your data for the non-bundled datasets")
-    p.add_argument("-o", "--output", type=output_file, default="ood.png", help="histogram PNG")
-    p.add_argument("--json", type=output_file, help="also write every number (summaries and per-image values) here")
+    p.add_argument("-o", "--output", type=png_output, default="ood.png", help="histogram PNG")
+    p.add_argument("--json", type=json_output, help="also write every number (summaries and per-image values) here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_ood)
 
@@ -212,8 +224,8 @@ def register(sub: Any) -> None:
     p.add_argument("--k", nargs="+", type=positive_int, help="patch sizes (default: every divisor of the side)")
     p.add_argument("-n", "--n", type=positive_int, default=1000, help="at most this many test images")
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the subset, the permutations and dequantization")
-    p.add_argument("-o", "--output", type=output_file, default="patches.png")
-    p.add_argument("--json", type=output_file, help="also write the numbers here")
+    p.add_argument("-o", "--output", type=png_output, default="patches.png")
+    p.add_argument("--json", type=json_output, help="also write the numbers here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_shuffle_patches)
 
@@ -229,8 +241,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("-n", "--n", type=SAMPLES, default=1000, help="samples per temperature")
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the latents (same for every temperature)")
-    p.add_argument("-o", "--output", type=output_file, default="temperature.png", help="plot and sample grids (PNG)")
-    p.add_argument("--json", type=output_file, help="also write the numbers here")
+    p.add_argument("-o", "--output", type=png_output, default="temperature.png", help="plot and sample grids (PNG)")
+    p.add_argument("--json", type=json_output, help="also write the numbers here")
     p.add_argument(
         "--cache-dir", type=folder_arg, help="feature classifier cache (default $MSFLOW_CACHE, else ~/.cache/msflow)"
     )
@@ -245,7 +257,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("report", help="one self-contained HTML page of a run: curves, bits/dim, levels, samples")
     p.add_argument("run")
-    p.add_argument("-o", "--output", type=output_file, help="HTML file (default RUN/report.html)")
+    p.add_argument("-o", "--output", type=html_output, help="HTML file (default RUN/report.html)")
     p.add_argument("--temperatures", nargs="+", type=temperature_arg, default=[0.5, 0.7, 1.0], metavar="T")
     p.add_argument(
         "--seed", type=seed_arg, default=0, help="seeds the samples and the dequantization of the level terms"
@@ -254,4 +266,4 @@ def register(sub: Any) -> None:
     p.add_argument("--temperature-json", help="output of `msflow temperature --json` (default RUN/temperature.json)")
     p.add_argument("--tensorboard", action="store_true", help="also write the metrics to RUN/tensorboard")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, derived_outputs=_report_file)

@@ -12,15 +12,16 @@ import torch
 from msflow.cli._common import (
     folder_arg,
     int_range,
+    json_output,
     learning_rate_arg,
     non_negative_int,
-    output_file,
+    png_output,
     positive_int,
     seed_arg,
     temperature_arg,
     write_json,
 )
-from msflow.cli.translate_cmds import distinct_outputs, tiling_args
+from msflow.cli.translate_cmds import tiling_args
 from msflow.errors import ConfigError, MsflowError
 
 
@@ -113,7 +114,6 @@ def cmd_superres(args: argparse.Namespace) -> None:
 
     if 1 < args.best_of < args.n:
         raise ConfigError(f"--best-of {args.best_of} draws fewer samples than -n {args.n} keeps: raise --best-of")
-    distinct_outputs(args)
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
     conditional = model.task == "superres"
     if not model.pyramid_superres and not conditional:
@@ -212,8 +212,8 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=learning_rate_arg, default=5e-2, help="Adamax learning rate")
     p.add_argument("--lambdas", type=float, nargs=2, default=[0.3, 0.3], metavar=("L1", "L2"))
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the test pairs")
-    p.add_argument("-o", "--output", type=output_file, default="interpolation.png")
-    p.add_argument("--json", type=output_file, help="also write every number here")
+    p.add_argument("-o", "--output", type=png_output, default="interpolation.png")
+    p.add_argument("--json", type=json_output, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_interpolate)
 
@@ -236,12 +236,12 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument(
-        "-o", "--output", type=output_file, default="superres.png",
+        "-o", "--output", type=png_output, default="superres.png",
         help="the result image: sample 1 (the best one with --best-of), at full size (default superres.png)",
     )  # fmt: skip
-    p.add_argument("--panel", type=output_file, metavar="PATH", help="also write input, bicubic, samples (and truth)")
+    p.add_argument("--panel", type=png_output, metavar="PATH", help="also write input, bicubic, samples (and truth)")
     tiling_args(p)
-    p.add_argument("--json", type=output_file, help="also write every number here")
+    p.add_argument("--json", type=json_output, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_superres)
 

@@ -13,7 +13,7 @@ from msflow.cli._common import (
     bpd_line,
     int_range,
     non_negative_int,
-    output_file,
+    png_output,
     positive_int,
     seed_arg,
     temperature_arg,
@@ -142,7 +142,7 @@ def register(sub: Any) -> None:
     p.add_argument("-n", type=SAMPLE_COUNT, default=64, help="number of samples")
     p.add_argument("--temperature", "-t", type=temperature_arg, default=0.7)
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("-o", "--output", type=output_file, default="samples.png")
+    p.add_argument("-o", "--output", type=png_output, default="samples.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_sample)
 

@@ -11,8 +11,9 @@ import torch
 from msflow.cli._common import (
     float_range,
     int_range,
-    output_file,
+    json_output,
     pair_index,
+    png_output,
     seed_arg,
     temperature_arg,
     write_json,
@@ -49,6 +50,12 @@ def _segment_input(spec: str, cfg: Any, channels: int) -> tuple[torch.Tensor, to
     return load_image(Path(spec), (channels, h, w)), None
 
 
+def _segment_files(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The full-resolution files written beside ``-o OUT.png``: ``OUT_mean.png`` and ``OUT_mask.png``."""
+    stem = Path(args.output).with_suffix("")
+    return [(Path(f"{stem}_{name}.png"), "-o") for name in ("mean", "mask")]
+
+
 def cmd_segment(args: argparse.Namespace) -> None:
     from msflow.analysis.segment import segment
     from msflow.metrics.segmentation import max_f_score, precision_recall_curve
@@ -67,10 +74,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if truth is not None:
         panels.append((truth * 255).expand(3, -1, -1))
     path = save_grid(torch.stack(panels), args.output, nrow=len(panels), scale=max(1, 128 // image.shape[-1]))
-    stem = Path(args.output).with_suffix("")
-    for name, picture in (("mean", mean), ("mask", out.mask * 255)):
-        save_image(picture.to(torch.uint8), f"{stem}_{name}.png")  # full resolution, for use elsewhere
-    print(f"wrote {stem}_mean.png (mean of the samples, 0..255) and {stem}_mask.png (it thresholded, 0/255)")
+    (mean_path, _), (mask_path, _) = _segment_files(args)
+    for target, picture in ((mean_path, mean), (mask_path, out.mask * 255)):
+        save_image(picture.to(torch.uint8), target)  # full resolution, for use elsewhere
+    print(f"wrote {mean_path} (mean of the samples, 0..255) and {mask_path} (it thresholded, 0/255)")
     shown = "image, mean of samples, mean >= " + f"{args.threshold:g}" + (", true mask" if truth is not None else "")
     print(f"{args.image}: {args.n} sampled masks; wrote {path}: {shown}")
     fraction, sampled = out.mask.float().mean().item(), out.samples.float().mean().item()
@@ -148,9 +155,9 @@ def _table_options(p: argparse.ArgumentParser, grid: str) -> None:
     )
     p.add_argument("--best-temperature", type=temperature_arg, default=0.8, help="temperature of the best-of samples")
     p.add_argument("--photos", nargs="+", metavar="NAME", help="a subset of the held-out photos")
-    p.add_argument("-o", "--output", type=output_file, default=grid, help="grid: central crops, a row per photo")
+    p.add_argument("-o", "--output", type=png_output, default=grid, help="grid: central crops, a row per photo")
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--json", type=output_file, help="also write the rows here")
+    p.add_argument("--json", type=json_output, help="also write the rows here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
 
@@ -162,9 +169,9 @@ def register(sub: Any) -> None:
     p.add_argument("-n", type=int_range(1, 10_000, "a number of samples in [1, 10000]"), default=100)
     p.add_argument("--threshold", type=THRESHOLD, default=0.5, help="threshold of the mean of samples")
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("-o", "--output", type=output_file, default="segment.png")
+    p.add_argument("-o", "--output", type=png_output, default="segment.png")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_segment, derived_outputs=_segment_files)
 
     p = sub.add_parser(
         "task-table", help="super-resolution or colorization runs on the whole held-out photos vs the trivial answer"
@@ -187,7 +194,7 @@ def register(sub: Any) -> None:
     p.add_argument("-n", type=int_range(1, 10_000, "a number of samples in [1, 10000]"), default=100)
     p.add_argument("--limit", type=int_range(0, 10**9, "a number of test images (0: all)"), default=0)
     p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("-o", "--output", type=output_file, default="precision_recall.png")
-    p.add_argument("--json", type=output_file, help="also write the numbers here")
+    p.add_argument("-o", "--output", type=png_output, default="precision_recall.png")
+    p.add_argument("--json", type=json_output, help="also write the numbers here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_seg_table)

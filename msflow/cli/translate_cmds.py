@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from msflow.cli._common import int_range, output_file, pair_index, seed_arg, temperature_arg, write_json
+from msflow.cli._common import int_range, json_output, pair_index, png_output, seed_arg, temperature_arg, write_json
 from msflow.errors import ConfigError
 
 # command -> (the task of the CAFLOW model it needs, what it does, its default output)
@@ -96,7 +96,6 @@ def cmd_translate(args: argparse.Namespace) -> None:
     task = COMMANDS[args.command][0]
     if args.best_of < args.n:
         raise ConfigError(f"--best-of {args.best_of} draws fewer samples than -n {args.n} keeps: raise --best-of")
-    distinct_outputs(args)
     mask = _mask(getattr(args, "mask", None))
     ((model, cfg),) = _load([args.run], args.device, task)
     cond, truth = _input(args, model, cfg, mask)
@@ -171,8 +170,7 @@ def cmd_translate_table(args: argparse.Namespace) -> None:
         results[label] = evaluate_translation(model, test, args.count, args.best_of, temperature, args.seed)
     print(f"\n{task} on {args.count} of the {len(test)} test pairs of {test.name}, temperature {temperature:g}\n")
     print(format_translation_table(results))
-    grid = args.grid or (str(Path(args.json).with_name(f"{Path(args.json).stem}_grid.png")) if args.json else None)
-    grid = grid or "translate_grid.png"
+    grid = str(_table_grid(args)[0][0])
     rows = torch.linspace(0, len(test) - 1, min(6, len(test))).round().long()
     shown = min(args.best_of, 6)
     model = loaded[0][0]
@@ -187,6 +185,15 @@ def cmd_translate_table(args: argparse.Namespace) -> None:
         write_json(args.json, payload)
 
 
+def _table_grid(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """Where translate-table draws its grid: ``--grid``, else next to ``--json``, else translate_grid.png."""
+    if args.grid:
+        return [(Path(args.grid), "--grid")]
+    if args.json:
+        return [(Path(args.json).with_name(f"{Path(args.json).stem}_grid.png"), "--grid")]
+    return [(Path("translate_grid.png"), "--grid")]
+
+
 def _common(p: argparse.ArgumentParser, output: str) -> None:
     p.add_argument("-n", type=SAMPLES, default=4, help="samples kept, best first (default 4)")
     p.add_argument(
@@ -195,20 +202,13 @@ def _common(p: argparse.ArgumentParser, output: str) -> None:
     )  # fmt: skip
     p.add_argument("--temperature", "-t", type=temperature_arg, help="sampling temperature (default: the paper's)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seeds the samples and the scoring noise")
-    p.add_argument("-o", "--output", type=output_file, default=output, help=f"the best sample (default {output})")
+    p.add_argument("-o", "--output", type=png_output, default=output, help=f"the best sample (default {output})")
     p.add_argument(
-        "--panel", type=output_file, metavar="PATH", help="also write the condition, the samples best first (and truth)"
+        "--panel", type=png_output, metavar="PATH", help="also write the condition, the samples best first (and truth)"
     )
     tiling_args(p)
-    p.add_argument("--json", type=output_file, help="also write every number here")
+    p.add_argument("--json", type=json_output, help="also write every number here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-
-
-def distinct_outputs(args: argparse.Namespace) -> None:
-    """Refuse ``--panel`` and ``--json`` at the path of ``-o``: one file would overwrite the other."""
-    for option in ("panel", "json"):
-        if getattr(args, option) and Path(getattr(args, option)).resolve() == Path(args.output).resolve():
-            raise ConfigError(f"-o and --{option} name the same file {args.output}: give --{option} another path")
 
 
 def tiling_args(p: argparse.ArgumentParser) -> None:
@@ -260,9 +260,9 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument(
-        "--grid", type=output_file,
+        "--grid", type=png_output,
         help="where to draw 6 test pairs' samples by likelihood (default: JSON_grid.png, else translate_grid.png)",
     )  # fmt: skip
-    p.add_argument("--json", type=output_file, help="also write the numbers here")
+    p.add_argument("--json", type=json_output, help="also write the numbers here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=cmd_translate_table)
+    p.set_defaults(func=cmd_translate_table, derived_outputs=lambda args: [] if args.grid else _table_grid(args))

@@ -110,7 +110,8 @@ def folders_with_a_hostile_file(tally: Tally, tmp: Path) -> None:
 
 
 def perturb_command(tally: Tally, tmp: Path, run: Path, capsys: pytest.CaptureFixture) -> None:
-    """``msflow perturb RUN IMAGE -o OUT`` with images it must refuse; OUT stays as it was."""
+    """``msflow perturb RUN IMAGE -o OUT --force`` with images it must refuse; OUT stays as it was
+    (``--force`` lets the image be judged: the output is replaced only by a result)."""
     rng, pixels = random.Random(4), np.random.default_rng(4)
     out = tmp / "mine.png"
     out.write_bytes(b"the user's own file")
@@ -120,7 +121,8 @@ def perturb_command(tally: Tally, tmp: Path, run: Path, capsys: pytest.CaptureFi
     for name, data in cases:
         image = tmp / name
         image.write_bytes(data)
-        tally.check(f"perturb {name}", cli_error(["perturb", str(run), str(image), "-o", str(out)], capsys, image))
+        argv = ["perturb", str(run), str(image), "-o", str(out), "--force"]
+        tally.check(f"perturb {name}", cli_error(argv, capsys, image))
         tally.check(f"{name}: output kept", None if out.read_bytes() == b"the user's own file" else "overwritten")
 
 

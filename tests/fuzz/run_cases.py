@@ -21,7 +21,7 @@ from msflow.train.config import Config, apply_overrides, config_from_dict, load_
 from msflow.train.loop import train
 from msflow.train.run import CHECKPOINT, load_run
 
-from .checkpoints import ALL, ALL_PENDING, LOAD, LOAD_PENDING, RESUME, Variant, forged_specs, random_variants, variants
+from .checkpoints import ALL, ALL_PENDING, LOAD, RESUME, Variant, forged_specs, random_variants, variants
 from .checks import Tally, cli_error, error_or, run_cli, snapshot, user_error
 from .cli_args import BAD_NUMBERS, HUGE, NumericOption, subcommands
 from .configs import (
@@ -40,14 +40,12 @@ def _resume(run: Path, out: Path) -> None:
     train(replace(cfg, train=replace(cfg.train, out=str(out))))
 
 
-def checkpoints_loaded(tally: Tally, run: Path, tmp: Path, marker: Path, pending: bool = False) -> None:
+def checkpoints_loaded(tally: Tally, run: Path, tmp: Path, marker: Path) -> None:
     """``load_run`` refuses every variant a loader must refuse; the others give a model or an error."""
     path = tmp / CHECKPOINT
     source = run / CHECKPOINT
     every = variants(source, marker) + random_variants(source, 300) + forged_specs(source)
     for v in every:
-        if (v.scope == LOAD_PENDING) != pending:
-            continue
         path.write_bytes(v.data)
         if v.scope == RESUME:  # optimizer state: not read by load_run
             tally.check(v.name, error_or(lambda: load_run(path), lambda m: None, path))
@@ -111,7 +109,8 @@ def checkpoint_commands(tally: Tally, run: Path, tmp: Path, marker: Path, capsys
         ckpt = copy / CHECKPOINT
         if v.scope in (ALL, ALL_PENDING, LOAD):
             tally.check(f"eval {v.name}", cli_error(["eval", str(copy)], capsys, ckpt))
-            tally.check(f"sample {v.name}", cli_error(["sample", str(copy), "-n", "4", "-o", str(out)], capsys, ckpt))
+            argv = ["sample", str(copy), "-n", "4", "-o", str(out), "--force"]  # the checkpoint is judged
+            tally.check(f"sample {v.name}", cli_error(argv, capsys, ckpt))
         if v.scope == ALL and i % 2 == 0:
             argv = ["train", str(run / "config.yaml"), "--out", str(copy)]
             tally.check(f"train {v.name}", cli_error(argv, capsys, ckpt))
@@ -178,7 +177,7 @@ def numeric_option(tally: Tally, tmp: Path, option: NumericOption, capsys: pytes
     for value in BAD_NUMBERS + HUGE:
         argv = [*option.base, option.option, value]
         if option.writes:
-            argv += [option.writes, str(out)]
+            argv += [option.writes, str(out), "--force"]
         tally.check(f"{option.command} {option.option} {value[:20]!r}", cli_error(argv, capsys, option.option))
     tally.check("output kept", None if out.read_bytes() == b"the user's own file" else "overwritten")
 
