@@ -389,12 +389,18 @@ def report_cost(run: Path) -> dict[str, Any]:
     temperatures), in CPU and wall seconds, against the run's training CPU seconds."""
     import tempfile
 
+    import yaml
+
+    from msflow.train.config import config_from_dict
     from msflow.train.data import load_data
     from msflow.train.evaluate import evaluate, sample_grids
     from msflow.train.run import load_run
 
     model, cfg, _ = load_run(run, "cpu")
-    test, t = load_data(cfg, "test"), cfg.train
+    # The shipped config's evaluation batch and sample grids, not the sweep's overrides of them.
+    shipped = Path(__file__).resolve().parent.parent / "configs" / f"{cfg.name}.yaml"
+    t = config_from_dict(yaml.safe_load(shipped.read_text())).train
+    test = load_data(cfg, "test")
     clocks = [(time.process_time(), time.perf_counter())]
     result = evaluate(model, test, t.eval_batch_size, seed=t.seed, progress=True)
     clocks.append((time.process_time(), time.perf_counter()))
@@ -411,6 +417,9 @@ def report_cost(run: Path) -> dict[str, Any]:
         "eval_wall_seconds": w1 - w0,
         "sample_cpu_seconds": c2 - c1,
         "sample_wall_seconds": w2 - w1,
+        "eval_batch_size": t.eval_batch_size,
+        "num_samples": t.num_samples,
+        "temperatures": list(t.temperatures),
         "report_cpu_share_of_budget": (c2 - c0) / trained,
     }
 
