@@ -51,7 +51,7 @@ def render_sweep(data: dict) -> str:
         row = [trial["label"], steps, per_step, nfe, bpd]
         if final:
             f = trial["final"]
-            nfe = " / ".join(f"{n:.0f}" for n in f["eval_nfe_per_batch_by_level"])
+            nfe = " / ".join(f"{n:.0f}" for n in f.get("eval_nfe_per_batch_by_level", [])) or "not recorded"
             row += [
                 f"**{f['test_bpd']:.4f} +- {f['test_bpd_stderr']:.4f}**",
                 str(f["images"] - f["finite_images"]),
