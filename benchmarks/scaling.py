@@ -230,8 +230,8 @@ class Workload:
 
     def nfe(self) -> int | None:
         """Vector-field evaluations so far (MRCNF), ``None`` for models without ODEs."""
-        counts = getattr(self.model, "nfe", None)
-        return counts()["total"] if counts is not None else None
+        counts = self.model.nfe()  # a declared method of every image flow: None without ODEs
+        return counts["total"] if counts is not None else None
 
 
 # --------------------------------------------------------------------------- measurements

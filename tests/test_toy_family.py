@@ -5,8 +5,10 @@ and read back by ``msflow eval``, ``sample`` and ``report`` with no other edit."
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 from tiny import TINY
 from torch import Tensor, nn
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 from msflow.cli import main
 from msflow.distributions import standard_normal_log_prob, standard_normal_sample
 from msflow.metrics import bits_per_dim
-from msflow.models import ImageFlow, list_models, model_capabilities, register_model
+from msflow.models import ImageFlow, _registry, list_models, model_capabilities, register_model
 from msflow.train.config import apply_overrides, load_config, replace
 from msflow.train.loop import train
 from msflow.transforms import UniformDequantize
@@ -62,8 +64,14 @@ class CheckerboardRealNVP(ImageFlow):
         return [standard_normal_sample((n, *self.image_shape), temperature, generator, self.masks.device)]
 
 
-if "toy-realnvp" not in list_models():
+@pytest.fixture(autouse=True)
+def toy_registered() -> Iterator[None]:
+    """The toy family is registered for this file's tests only: other tests (the fuzz suite's size
+    checks over every preset, say) see msflow's own presets."""
     register_model("toy-realnvp", "a checkerboard RealNVP defined in a test")(CheckerboardRealNVP)
+    yield
+    for table in (_registry._MODELS, _registry._HELP, _registry._CAPABILITIES):
+        table.pop("toy-realnvp", None)
 
 
 def test_a_new_family_trains_evaluates_samples_and_reports(tmp_path: Path, capsys) -> None:
