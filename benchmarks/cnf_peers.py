@@ -1,12 +1,15 @@
 r"""Peer benchmark: msflow's CNF block against a plain torchdiffeq FFJORD of the same size.
 
-One command times three phases of both and prints throughput ratios (msflow / ffjord; above 1
+One command times four phases of both and prints throughput ratios (msflow / ffjord; above 1
 means msflow is faster), the function evaluations (NFE) of every phase and peak-memory ratios:
 
 - ``train``: ``log p(v)``, bits/dim, backward (adjoint by default), Adam step (images/s;
   NFE of the forward solve and of the backward solve);
 - ``eval``: bits/dim with no gradients for the parameters (images/s, NFE);
-- ``sample``: integrate ``N(0, I)`` noise from ``t = T`` back to 0 (images/s, NFE).
+- ``sample``: integrate ``N(0, I)`` noise from ``t = T`` back to 0 (images/s, NFE);
+- ``train_rnode``: ``train`` with RNODE's regularizers (MRCNF's training objective): loss
+  ``bits/dim + w (kinetic + jacobian)``, ``w = 0.01`` (``rnode_weight``), on a second pair of
+  models built alike (the same initial weights).
 
 **msflow** is one level of MRCNF built with msflow's own API (``cnf_density``: a
 :class:`~msflow.transforms.CNF` with a :class:`~msflow.nn.odefunc.ConvVectorField`, Hutchinson
@@ -19,6 +22,31 @@ are not trivially zero, copied into the peer), see the same dequantized images, 
 sampling noise and, step for step, the same Hutchinson probes. So they compute the same numbers
 up to float rounding, which the report checks (``check``), and the same NFE: what the ratios
 measure is the cost of each implementation around the same solves.
+
+In ``train_rnode`` msflow's block is built with ``kinetic_weight = jacobian_weight = 0.01`` and
+its loss is ``bits/dim + cnf.regularization_loss()``. The peer adds the two states to its own ODE
+(:class:`_Divergence` with ``regularize``): ``d/dt kinetic = mean(f^2) / 2`` and ``d/dt jacobian =
+mean((eps^T J)^2)`` per image, the latter from the vector-Jacobian product the trace already
+computes; the one-line setting an RNODE user gives torchdiffeq, per-state tolerances of 1e20 for
+the two states so that they never shrink the step (and scalar tolerances for the adjoint's
+backward solve, whose state is another tuple); loss ``bits/dim + 0.01 (mean(kinetic) +
+mean(jacobian))``. The peer runs every setting that leaves the numbers alone at its cheapest
+(no double-backward graph where nothing differentiates the divergence, the parameters found by
+``odeint_adjoint`` once per solve); a setting that changes them is left out of both, e.g.
+``adjoint_options={"norm": "seminorm"}``, which would cut the backward NFE. What still differs:
+
+- msflow passes the two time points in float64, the peer in float32; torchdiffeq's adaptive
+  solvers keep time in float64 and hand the field float32 times either way, so the solves come
+  out the same;
+- msflow computes the Jacobian-norm term ``mean((eps^T J)^2)`` at every evaluation and drops it
+  when RNODE is off (the ``train``, ``eval`` phases: one square and mean per evaluation);
+- in the adjoint's forward solve msflow computes the kinetic term with autograd recording (then
+  detaches it), the peer without: a few graph nodes per evaluation;
+- around each solve msflow translates solver failures (a wrapper on the adjoint's dynamics),
+  checks that the final state is finite (one host-device synchronisation per state on CUDA) and
+  applies its subnet-precision hook (``run_subnet``); the peer does none of that;
+- msflow weights each term (``0.01 k + 0.01 j``), the peer their sum (``0.01 (k + j)``): the same
+  gradients.
 
 How it measures (as ``peers.py``; see benchmarks/README.md):
 
@@ -67,7 +95,7 @@ from msflow.models.mrcnf import DEFAULT_SOLVER, cnf_density
 from msflow.transforms.cnf import CNF, cnf_blocks, skip_logdets
 from msflow.transforms.ode_solver import SolverSettings
 
-PHASES = ("train", "eval", "sample")
+PHASES = ("train", "eval", "sample", "train_rnode")
 BASELINE = "ffjord"
 FFJORD_SOLVER = {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5}
 SOLVERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -99,6 +127,7 @@ class BenchConfig:
     memory_repeats: int = 3  # fresh processes per (contestant, phase) on the CPU; the median is reported
     check_batch: int = 4  # images of the gradient and sampling equivalence checks
     lr: float = 1e-3
+    rnode_weight: float = 0.01  # train_rnode: MRCNF's kinetic and Jacobian-norm weights (cnf_density's defaults)
     seed: int = 0
 
 
@@ -193,18 +222,22 @@ class FFJORDField(nn.Module):
 
 
 class _Divergence(nn.Module):
-    """``d/dt (x, logdet) = (f, eps^T (df/dx) eps)``: the ODE an FFJORD user hands torchdiffeq.
+    r"""``d/dt (x, logdet) = (f, eps^T (df/dx) eps)``: the ODE an FFJORD user hands torchdiffeq.
+
+    With ``regularize``, RNODE's two states follow, as an RNODE user adds them to the same ODE:
+    ``d/dt kinetic = mean(f^2) / 2`` and ``d/dt jacobian = mean((eps^T df/dx)^2)`` per image, the
+    latter from the vector-Jacobian product the trace already needs.
 
     An ``nn.Module``, so that ``odeint_adjoint`` finds the field's parameters by itself.
     """
 
-    def __init__(self, field: nn.Module) -> None:
+    def __init__(self, field: nn.Module, regularize: bool = False) -> None:
         super().__init__()
-        self.field = field
+        self.field, self.regularize = field, regularize
         self.probe: Tensor | None = None
         self.nfe = 0
 
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
         # The divergence must be differentiable exactly when someone back-propagates through
         # it: direct back-propagation, or the adjoint's backward solve (both run with grad on).
@@ -216,8 +249,10 @@ class _Divergence(nn.Module):
                 x = x.detach().requires_grad_(True)
             dx = self.field(t, x)
             (e_jac,) = torch.autograd.grad(dx, x, self.probe, create_graph=need_graph)
-        trace = (e_jac * self.probe).flatten(1).sum(1)
-        return (dx, trace) if need_graph else (dx.detach(), trace.detach())
+        out = (dx, (e_jac * self.probe).flatten(1).sum(1))
+        if self.regularize:
+            out += (0.5 * dx.pow(2).flatten(1).mean(1), e_jac.pow(2).flatten(1).mean(1))
+        return out if need_graph else tuple(d.detach() for d in out)
 
 
 class _Field(nn.Module):
@@ -239,6 +274,12 @@ class FFJORD(nn.Module):
     The Hutchinson probe is Gaussian (FFJORD's default, and MRCNF's), drawn once per solve; in
     evaluation from a generator seeded with ``probe_seed`` (msflow does the same, so that
     evaluation is deterministic; it costs nothing).
+
+    ``rnode_weight > 0`` integrates RNODE's kinetic and Jacobian-norm states along with
+    ``(x, logdet)``, with tolerance 1e20 so that they never shrink the step (per-state tolerances,
+    as RNODE's own code passes them; the adjoint's backward solve takes scalar tolerances, its
+    state being another tuple), and :meth:`regularization_loss` is
+    ``rnode_weight * (mean(kinetic) + mean(jacobian))`` of the last ``log_prob``.
     """
 
     def __init__(
@@ -249,29 +290,49 @@ class FFJORD(nn.Module):
         eval_solver: SolverSettings,
         adjoint: bool = True,
         probe_seed: int = 0,
+        rnode_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        self.dynamics, self.sampler = _Divergence(field), _Field(field)
+        self.dynamics, self.sampler = _Divergence(field, regularize=rnode_weight > 0), _Field(field)
         self.end_time, self.adjoint, self.probe_seed = end_time, adjoint, probe_seed
         self.train_solver, self.eval_solver = train_solver, eval_solver
+        self.rnode_weight = rnode_weight
+        self.regularizers: tuple[Tensor, ...] = ()
 
     @property
     def nfe(self) -> int:
         return self.dynamics.nfe + self.sampler.nfe
 
-    def _solve(self, func: nn.Module, state: Any, t0: float, t1: float, device: torch.device) -> Any:
+    def _solve(self, func: nn.Module, state: Any, t0: float, t1: float, device: torch.device, free: int = 0) -> Any:
         s = self.train_solver if self.training else self.eval_solver
         t = torch.tensor([t0, t1], device=device)
-        solve = odeint_adjoint if self.adjoint and torch.is_grad_enabled() else odeint
-        return solve(func, state, t, rtol=s.rtol, atol=s.atol, method=s.method)
+        tolerances: dict[str, Any] = {"rtol": s.rtol, "atol": s.atol}
+        if free:  # the last ``free`` states are integrated but do not steer the step size
+            tolerances = {k: (v,) * (len(state) - free) + (1e20,) * free for k, v in tolerances.items()}
+        if self.adjoint and torch.is_grad_enabled():
+            return odeint_adjoint(
+                func, state, t, method=s.method, adjoint_rtol=s.rtol, adjoint_atol=s.atol, **tolerances
+            )
+        return odeint(func, state, t, method=s.method, **tolerances)
 
     def log_prob(self, v: Tensor) -> Tensor:
         """``(B,)`` ``log p(v)`` in nats: ``log N(z; 0, I) + int_0^T tr(df/dx) dt``."""
         gen = None if self.training else torch.Generator(device=v.device).manual_seed(self.probe_seed)
         self.dynamics.probe = torch.randn(v.shape, generator=gen, device=v.device, dtype=v.dtype)
-        zs, logdets = self._solve(self.dynamics, (v, v.new_zeros(v.shape[0])), 0.0, self.end_time, v.device)
+        zeros = v.new_zeros(v.shape[0])
+        free = 2 if self.dynamics.regularize else 0
+        state = (v, zeros) + (zeros,) * free
+        zs, logdets, *regularizers = self._solve(self.dynamics, state, 0.0, self.end_time, v.device, free)
+        self.regularizers = tuple(r[-1] for r in regularizers)
         z = zs[-1]
         return -0.5 * (z * z + math.log(2 * math.pi)).flatten(1).sum(1) + logdets[-1]
+
+    def regularization_loss(self) -> Tensor | float:
+        """``rnode_weight * (mean(kinetic) + mean(jacobian))`` of the last ``log_prob`` (0 without RNODE)."""
+        if not self.regularizers:
+            return 0.0
+        kinetic, jacobian = self.regularizers
+        return self.rnode_weight * (kinetic.mean() + jacobian.mean())
 
     def sample(self, eps: Tensor) -> Tensor:
         """Integrate ``eps`` from ``t = T`` back to 0."""
@@ -283,13 +344,14 @@ class FFJORD(nn.Module):
 
 @dataclass
 class Contestant:
-    """A model and the three operations being timed, written with each side's own API."""
+    """A model and the operations being timed, written with each side's own API."""
 
     name: str
     model: nn.Module  # train() / eval() selects the solver settings of the phase
     log_prob: Callable[[Tensor], Tensor]  # v -> (B,) log p(v), nats
     sample: Callable[[Tensor], Tensor]  # N(0, I) noise -> v
     nfe: Callable[[], int]  # evaluations of the vector field so far
+    regularization: Callable[[], Tensor | float]  # RNODE's weighted terms of the last log_prob (0 without)
     lr: float = 1e-3
     optimizer: torch.optim.Optimizer = field(init=False)
 
@@ -300,10 +362,15 @@ class Contestant:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_pair(cfg: BenchConfig) -> tuple[Contestant, Contestant]:
-    """msflow's MRCNF level and the FFJORD peer, with identical weights."""
+def build_pair(cfg: BenchConfig, rnode: bool = False) -> tuple[Contestant, Contestant]:
+    """msflow's MRCNF level and the FFJORD peer, with identical weights.
+
+    ``rnode``: both regularized with RNODE's kinetic and Jacobian-norm terms, each weighted
+    ``cfg.rnode_weight`` (the ``train_rnode`` phase); otherwise plain maximum likelihood, as FFJORD.
+    """
     torch.manual_seed(cfg.seed)
     solver = SOLVERS[cfg.solver]
+    weight = cfg.rnode_weight if rnode else 0.0
     density = cnf_density(
         steps=1,
         hidden=cfg.hidden,
@@ -311,8 +378,8 @@ def build_pair(cfg: BenchConfig) -> tuple[Contestant, Contestant]:
         end_time=cfg.end_time,
         solver=solver,
         adjoint=cfg.gradients == "adjoint",
-        kinetic_weight=0.0,  # plain maximum likelihood, as FFJORD (see README: RNODE is off for both)
-        jacobian_weight=0.0,
+        kinetic_weight=weight,
+        jacobian_weight=weight,
     )
     channels = cfg.image_shape[0]
     level = density(channels, 0, cfg.image_shape)
@@ -333,9 +400,10 @@ def build_pair(cfg: BenchConfig) -> tuple[Contestant, Contestant]:
         SolverSettings(**solver["eval"]),
         adjoint=cfg.gradients == "adjoint",
         probe_seed=cnf.probe_seed,
+        rnode_weight=weight,
     )
     return _msflow_contestant(level, cnf, cfg.lr), Contestant(
-        BASELINE, peer, peer.log_prob, peer.sample, lambda: peer.nfe, cfg.lr
+        BASELINE, peer, peer.log_prob, peer.sample, lambda: peer.nfe, peer.regularization_loss, cfg.lr
     )
 
 
@@ -348,7 +416,7 @@ def _msflow_contestant(level: nn.Module, cnf: CNF, lr: float) -> Contestant:
         with skip_logdets(level):  # as MultiResolutionFlow samples
             return level.inverse(eps)[0]
 
-    return Contestant("msflow", level, log_prob, sample, lambda: cnf.total_nfe, lr)
+    return Contestant("msflow", level, log_prob, sample, lambda: cnf.total_nfe, cnf.regularization_loss, lr)
 
 
 # --------------------------------------------------------------------------- phases
@@ -360,11 +428,15 @@ def _sync(device: str) -> None:
 
 
 def train_step(c: Contestant, v: Tensor, eps: Tensor) -> tuple[float, tuple[int, ...]]:
-    """One Adam step on mean bits/dim; returns the loss and (forward NFE, backward NFE)."""
+    """One Adam step on mean bits/dim, plus RNODE's terms for the regularized contestants
+    (``train_rnode``); returns the loss and (forward NFE, backward NFE)."""
     c.model.train()
     c.optimizer.zero_grad(set_to_none=True)
     n0 = c.nfe()
     loss = bits_per_dim(c.log_prob(v), v[0].numel()).mean()
+    reg = c.regularization()
+    if isinstance(reg, Tensor):
+        loss = loss + reg
     n1 = c.nfe()
     loss.backward()
     n2 = c.nfe()
@@ -395,27 +467,33 @@ STEPS: dict[str, Callable[[Contestant, Tensor, Tensor], tuple[float, tuple[int, 
     "train": train_step,
     "eval": eval_step,
     "sample": sample_step,
+    "train_rnode": train_step,  # on the RNODE-regularized pair
 }
-NFE_PARTS = {"train": ("forward", "backward"), "eval": ("solve",), "sample": ("solve",)}
+NFE_PARTS = {
+    "train": ("forward", "backward"),
+    "eval": ("solve",),
+    "sample": ("solve",),
+    "train_rnode": ("forward", "backward"),
+}
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "samples": values}
 
 
-def time_phases(cfg: BenchConfig, contestants: list[Contestant], inputs: Inputs) -> tuple[dict, dict]:
-    """Images/s and NFE per contestant and phase: interleaved repeats, warm-up excluded.
+def time_phases(cfg: BenchConfig, pairs: dict[str, list[Contestant]], inputs: Inputs) -> tuple[dict, dict]:
+    """Images/s and NFE per contestant and phase (``pairs[phase]``): interleaved repeats, warm-up excluded.
 
     Before every step the global RNG is seeded by the step's index, so both contestants draw the
     same training probes and stay on the same trajectory (same weights, same NFE).
     """
-    names = [c.name for c in contestants]
+    names = [c.name for c in pairs[PHASES[0]]]
     wall = {n: {p: [] for p in PHASES} for n in names}
     cpu = {n: {p: [] for p in PHASES} for n in names}
     nfe = {n: {p: [] for p in PHASES} for n in names}
     last: dict[str, dict[str, float]] = {n: {} for n in names}
     for phase in PHASES:
-        step = STEPS[phase]
+        step, contestants = STEPS[phase], pairs[phase]
         for c in contestants:
             for i in range(cfg.warmup):
                 torch.manual_seed(cfg.seed + i)
@@ -460,7 +538,7 @@ def check_equivalence(cfg: BenchConfig, ms: Contestant, ff: Contestant, inputs: 
     """
     v, eps = inputs.v[0], inputs.eps[0]
     out: dict[str, Any] = {"bpd": {}, "nfe": {}}
-    bpd, grads, loss, samples = {}, {}, {}, {}
+    bpd, train, samples = {}, {}, {}
     for c in (ms, ff):
         c.model.eval()
         n0 = c.nfe()
@@ -469,33 +547,60 @@ def check_equivalence(cfg: BenchConfig, ms: Contestant, ff: Contestant, inputs: 
             n1 = c.nfe()
             samples[c.name] = c.sample(eps[: cfg.check_batch])
         n2 = c.nfe()
-        c.model.train()
-        torch.manual_seed(cfg.seed)
-        c.optimizer.zero_grad(set_to_none=True)
-        value = bits_per_dim(c.log_prob(v[: cfg.check_batch]), v[0].numel()).mean()
-        n3 = c.nfe()
-        value.backward()
-        loss[c.name] = value.item()
-        grads[c.name] = [p.grad.detach().clone() for p in c.model.parameters()]
-        c.optimizer.zero_grad(set_to_none=True)
+        train[c.name] = _gradient_check_step(cfg, c, v)
         out["bpd"][c.name] = bpd[c.name].mean().item()
-        out["nfe"][c.name] = {
-            "eval": n1 - n0,
-            "sample": n2 - n1,
-            "train_forward": n3 - n2,
-            "train_backward": c.nfe() - n3,
-        }
-    pairs = list(zip(grads[ms.name], grads[ff.name], strict=True))
-    grad_max = max(b.abs().max().item() for _, b in pairs)
+        out["nfe"][c.name] = {"eval": n1 - n0, "sample": n2 - n1} | train[c.name]["nfe"]
     out |= {
+        "train_loss": {n: t["loss"] for n, t in train.items()},
         "eval_bpd_max_abs_diff": (bpd[ms.name] - bpd[ff.name]).abs().max().item(),
-        "train_loss_abs_diff": abs(loss[ms.name] - loss[ff.name]),
-        "grad_max_abs_diff": max((a - b).abs().max().item() for a, b in pairs),
-        "grad_max_abs": grad_max,
         "sample_max_abs_diff": (samples[ms.name] - samples[ff.name]).abs().max().item(),
-    }
-    out["grad_rel_diff"] = out["grad_max_abs_diff"] / max(grad_max, 1e-30)
+    } | _compare_training(train[ms.name], train[ff.name])
     return out
+
+
+def check_rnode_equivalence(cfg: BenchConfig, ms: Contestant, ff: Contestant, inputs: Inputs) -> dict[str, Any]:
+    """The same check of the RNODE-regularized pair: its training loss, RNODE term, gradients and NFE."""
+    train = {c.name: _gradient_check_step(cfg, c, inputs.v[0]) for c in (ms, ff)}
+    return {
+        "loss": {n: t["loss"] for n, t in train.items()},
+        "regularization": {n: t["regularization"] for n, t in train.items()},
+        "nfe": {n: t["nfe"] for n, t in train.items()},
+        "regularization_abs_diff": abs(train[ms.name]["regularization"] - train[ff.name]["regularization"]),
+    } | _compare_training(train[ms.name], train[ff.name])
+
+
+def _gradient_check_step(cfg: BenchConfig, c: Contestant, v: Tensor) -> dict[str, Any]:
+    """The training loss of ``train_step`` on the first ``check_batch`` images and its gradients; no update."""
+    c.model.train()
+    torch.manual_seed(cfg.seed)
+    c.optimizer.zero_grad(set_to_none=True)
+    n0 = c.nfe()
+    value = bits_per_dim(c.log_prob(v[: cfg.check_batch]), v[0].numel()).mean()
+    reg = c.regularization()
+    if isinstance(reg, Tensor):
+        value = value + reg
+    n1 = c.nfe()
+    value.backward()
+    grads = [p.grad.detach().clone() for p in c.model.parameters()]
+    c.optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": value.item(),
+        "regularization": reg.item() if isinstance(reg, Tensor) else reg,
+        "grads": grads,
+        "nfe": {"train_forward": n1 - n0, "train_backward": c.nfe() - n1},
+    }
+
+
+def _compare_training(ms: dict[str, Any], ff: dict[str, Any]) -> dict[str, float]:
+    pairs = list(zip(ms["grads"], ff["grads"], strict=True))
+    grad_max = max(b.abs().max().item() for _, b in pairs)
+    grad_diff = max((a - b).abs().max().item() for a, b in pairs)
+    return {
+        "train_loss_abs_diff": abs(ms["loss"] - ff["loss"]),
+        "grad_max_abs_diff": grad_diff,
+        "grad_max_abs": grad_max,
+        "grad_rel_diff": grad_diff / max(grad_max, 1e-30),
+    }
 
 
 # --------------------------------------------------------------------------- memory
@@ -514,7 +619,7 @@ def memory_worker(cfg: BenchConfig, name: str, phase: str) -> dict[str, Any]:
     """Run in a fresh process: peak RSS of ``memory_iters`` steps of ``phase`` over the RSS before."""
     torch.set_num_threads(cfg.threads)
     inputs = Inputs.from_batches(make_batches(cfg), cfg.seed, cfg.device)
-    c = {c.name: c for c in build_pair(cfg)}[name]
+    c = {c.name: c for c in build_pair(cfg, rnode=phase == "train_rnode")}[name]
     # One small-batch step first, so one-time costs (thread pools, kernel caches, the autograd
     # engine, Adam's state) are not counted and the delta is what the batch itself needs.
     small = min(2, cfg.batch)
@@ -567,17 +672,23 @@ def run_benchmark(cfg: BenchConfig, memory: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     inputs = Inputs.from_batches(make_batches(cfg), cfg.seed, cfg.device)
     ms, ff = build_pair(cfg)
-    check = check_equivalence(cfg, ms, ff, inputs)
+    # train_rnode trains its own pair, built alike: the same initial weights, RNODE on for both.
+    rnode = list(build_pair(cfg, rnode=True))
+    pairs = {p: rnode if p == "train_rnode" else [ms, ff] for p in PHASES}
+    check = check_equivalence(cfg, ms, ff, inputs) | {"train_rnode": check_rnode_equivalence(cfg, *rnode, inputs)}
     models = {c.name: {"params": c.num_params(), "bpd_at_init": check["bpd"][c.name]} for c in (ms, ff)}
-    throughput, nfe = time_phases(cfg, [ms, ff], inputs)
+    throughput, nfe = time_phases(cfg, pairs, inputs)
     for c in (ms, ff):
         models[c.name]["bpd_after_timing"] = throughput[c.name]["eval"]["last_value"]
     if not memory:
         mem = {}
     elif cfg.device == "cuda":
-        mem = {c.name: {p: cuda_memory(cfg, c, p, inputs) for p in PHASES} for c in (ms, ff)}
+        mem = {
+            n: {p: cuda_memory(cfg, c, p, inputs) for p in PHASES for c in pairs[p] if c.name == n}
+            for n in ("msflow", BASELINE)
+        }
     else:
-        del ms, ff
+        del ms, ff, rnode, pairs
         mem = {n: {p: measure_memory(cfg, n, p) for p in PHASES} for n in ("msflow", BASELINE)}
     env |= {"loadavg_after": list(os.getloadavg()), "wall_s": time.perf_counter() - start}
     return {
@@ -630,7 +741,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "| msflow NFE | ffjord NFE | msflow peak MiB | ffjord peak MiB | memory ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for phase in PHASES:
+    for phase in (p for p in PHASES if p in report["ratios"]):  # reports before train_rnode lack it
         r = report["ratios"][phase]
         m, b = mem.get("msflow", {}).get(phase), mem.get(BASELINE, {}).get(phase)
         mem_cols = (
@@ -662,7 +773,64 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"samples' max difference {check['sample_max_abs_diff']:.1e}; after timing: msflow "
         f"{models['msflow']['bpd_after_timing']:.4f}, ffjord {models[BASELINE]['bpd_after_timing']:.4f} bits/dim.",
     ]
+    if "train_rnode" in check:
+        rnode = check["train_rnode"]
+        lines[-1] += (
+            f" train_rnode: a second pair from the same initial weights, loss bits/dim + {cfg['rnode_weight']:g} "
+            f"x (kinetic + Jacobian norm), the two RNODE states excluded from step-size control in both; "
+            f"RNODE term msflow {rnode['regularization']['msflow']:.6g}, "
+            f"ffjord {rnode['regularization'][BASELINE]:.6g}, "
+            f"loss difference {rnode['train_loss_abs_diff']:.1e}, gradients' max relative difference "
+            f"{rnode['grad_rel_diff']:.1e}."
+        )
     return "\n".join(lines)
+
+
+PHASE_LABELS = {"train": "train", "train_rnode": "train + RNODE", "eval": "eval", "sample": "sample"}
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The README's form of a report: a line on the run, one row per phase, one line on the checks.
+
+    Rendered into README.md from the committed JSON by ``scripts/render_tables.py``.
+    """
+    cfg, env, thr, nfe, mem, check = (
+        report[k] for k in ("config", "environment", "throughput", "nfe", "memory", "check")
+    )
+    where = env["gpu"] if cfg["device"] == "cuda" else f"{env['cpu']}, {env['threads']} CPU threads"
+    lines = [
+        f"{where}, batch {cfg['batch']}, median of {cfg['repeats']} interleaved repeats, load average "
+        f"{env['loadavg_before'][0]:.2f} -> {env['loadavg_after'][0]:.2f}:",
+        "",
+        "| phase | msflow img/s | ffjord img/s | **speed ratio** | paired ratio | NFE msflow / ffjord "
+        "| peak MiB msflow / ffjord |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for phase in (p for p in PHASE_LABELS if p in report["ratios"]):
+        r = report["ratios"][phase]
+        peak = (
+            f"{mem['msflow'][phase]['peak_delta_mib']:.1f} / {mem[BASELINE][phase]['peak_delta_mib']:.1f}"
+            if mem
+            else "-"
+        )
+        lines.append(
+            f"| {PHASE_LABELS[phase]} | {thr['msflow'][phase]['median']:.1f} | {thr[BASELINE][phase]['median']:.1f} "
+            f"| **{r['throughput']:.2f}** | {r['throughput_paired']:.2f} "
+            f"| {_fmt_nfe(nfe['msflow'][phase])} / {_fmt_nfe(nfe[BASELINE][phase])} | {peak} |"
+        )
+    checked = (
+        f"Checked on the same images, weights and probes: bits/dim at init {check['bpd']['msflow']:.5f} / "
+        f"{check['bpd'][BASELINE]:.5f} (largest per-image difference {check['eval_bpd_max_abs_diff']:.1e}), "
+        f"training loss difference {check['train_loss_abs_diff']:.1e}, gradients {check['grad_rel_diff']:.1e} "
+        f"(relative), samples {check['sample_max_abs_diff']:.1e}"
+    )
+    if "train_rnode" in check:
+        rnode = check["train_rnode"]
+        checked += (
+            f"; with RNODE (weights {cfg['rnode_weight']:g}): loss difference {rnode['train_loss_abs_diff']:.1e}, "
+            f"gradients {rnode['grad_rel_diff']:.1e}"
+        )
+    return "\n".join([*lines, "", checked + "."])
 
 
 def main(argv: list[str] | None = None) -> int:
