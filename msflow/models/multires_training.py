@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from msflow.core import FlowSequential, InvertibleModule
 from msflow.distributions import standard_normal_log_prob
@@ -33,7 +33,7 @@ class CNFLevelTraining:
         blocks = list(level.blocks) if isinstance(level, FlowSequential) else [level]
         first = next((i for i, b in enumerate(blocks) if isinstance(b, CNF)), len(blocks))
         prefix, chain = blocks[:first], blocks[first:]
-        if not chain or not all(isinstance(b, CNF) for b in chain) or cnf_blocks(nn.ModuleList(prefix)):
+        if not chain or not all(isinstance(b, CNF) for b in chain) or any(cnf_blocks(b) for b in prefix):
             kinds = sorted({type(b).__name__ for b in chain if not isinstance(b, CNF)} or {"no CNF"})
             raise ConfigError(
                 f"flow matching trains levels made of CNF blocks (after an optional exact prefix); level {s} "
@@ -79,7 +79,10 @@ class CNFLevelTraining:
             std = self.prior_stds[s]
             level: dict[str, Tensor] = {}
             if prefix:
-                x0, logdet = FlowSequential(*prefix)(x0, cond)
+                logdet = x0.new_zeros(x0.shape[0])
+                for block in prefix:  # the exact prefix, block by block (no container built per step)
+                    x0, ld = block(x0, cond)
+                    logdet = logdet + ld
                 dims = math.prod(x0.shape[1:])
                 log_p = standard_normal_log_prob(x0 / std) - dims * math.log(std)
                 level["prefix_nll"] = -(log_p + logdet) / dims
