@@ -352,9 +352,8 @@ def _final_eval(name: str, trial: Trial, jobs: list[Job], root: Path) -> dict[st
     """Whole-test-set bits/dim of the finished trial (assembled first when its levels ran apart)."""
     import torch
 
-    from msflow.train.data import load_data
+    from msflow.runs import load_data, load_run
     from msflow.train.evaluate import dataset_level_bits_per_dim
-    from msflow.train.run import load_run
     from msflow.transforms.cnf import cnf_blocks
 
     run = jobs[0].out
@@ -391,10 +390,9 @@ def report_cost(run: Path) -> dict[str, Any]:
 
     import yaml
 
+    from msflow.runs import load_data, load_run
     from msflow.train.config import config_from_dict
-    from msflow.train.data import load_data
     from msflow.train.evaluate import evaluate, sample_grids
-    from msflow.train.run import load_run
     from msflow.transforms.cnf import cnf_blocks
 
     model, cfg, _ = load_run(run, "cpu")

@@ -15,7 +15,7 @@ Example:
 
 from msflow._allocator import tune_cpu_allocator
 from msflow.models import MARSCF, MultiResolutionFlow, MultiScaleFlow, create_model, list_models
-from msflow.train.run import load
+from msflow.runs import load
 
 __version__ = "0.1.0"
 

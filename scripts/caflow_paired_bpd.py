@@ -12,8 +12,7 @@ import sys
 
 import torch
 
-from msflow.train.loop import load_data
-from msflow.train.run import load_run
+from msflow.runs import load_data, load_run
 
 
 def test_bits_per_dim(run: str, batch: int = 250) -> torch.Tensor:

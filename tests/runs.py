@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from tiny import TINY as TINY_BASE
 
-from msflow.train.checkpoint import load_checkpoint
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.config import Config, apply_overrides, load_config, replace
-from msflow.train.run import CHECKPOINT
 
 TINY = [*TINY_BASE, "train.log_every=1"]
 

@@ -22,7 +22,7 @@ from msflow.cli import main
 from msflow.data.pairs import downscale_bicubic
 from msflow.data.translation import central_mask, sketch_edges, to_grey
 from msflow.errors import ConfigError, ShapeError
-from msflow.train.run import load_run
+from msflow.runs import load_run
 
 COMMON = [
     "train.steps=2",

@@ -15,6 +15,7 @@ import msflow.train.checkpoint as ckpt_module
 from msflow._io import atomic_write
 from msflow.errors import CheckpointError, MsflowError
 from msflow.models import create_model
+from msflow.runs import load, load_run
 from msflow.train.checkpoint import (
     FORMAT,
     load_checkpoint,
@@ -25,7 +26,6 @@ from msflow.train.checkpoint import (
     save_checkpoint,
 )
 from msflow.train.config import config_from_dict, config_to_dict
-from msflow.train.run import load, load_run
 
 TINY_OPTIONS = {"image_shape": [1, 8, 8], "steps": 1, "hidden": 8}
 

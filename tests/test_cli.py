@@ -23,10 +23,10 @@ from PIL import Image
 from tiny import TINY as TINY_BASE
 
 from msflow.cli import main
-from msflow.train.checkpoint import load_checkpoint
+from msflow.runs import load_run
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.evaluate import evaluate
 from msflow.train.loop import load_data
-from msflow.train.run import CHECKPOINT, load_run
 
 TINY = TINY_BASE
 # mnist5k at 28x28 with a tiny Glow, for the shape errors

@@ -12,6 +12,7 @@ from tiny import TINY as TINY_BASE
 
 from msflow.cli import _split_dashed_overrides
 from msflow.errors import ConfigError, MsflowError
+from msflow.runs import load_run
 from msflow.train.checkpoint import load_checkpoint
 from msflow.train.config import (
     Config,
@@ -24,7 +25,6 @@ from msflow.train.config import (
 )
 from msflow.train.loop import train
 from msflow.train.precision import resolve_precision
-from msflow.train.run import load_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -35,7 +35,7 @@ from msflow.data import ImageDataset
 from msflow.data.pairs import PairedDataset
 from msflow.metrics.invertibility import reconstruction_errors
 from msflow.nn import subnet_precision
-from msflow.train.run import load_run
+from msflow.runs import load_run
 
 # MSFLOW_TEST_DEVICE=cpu runs the same checks CPU against CPU, to try the tests themselves out.
 DEVICE = os.environ.get("MSFLOW_TEST_DEVICE", "cuda")

@@ -15,8 +15,7 @@ import torch
 import torch.distributed as dist
 from tiny import TINY
 
-from msflow.train.checkpoint import load_checkpoint
-from msflow.train.run import CHECKPOINT
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 
 # float32 subnets: with bf16-mixed (the default on bf16 hardware) each rank's half batch runs
 # other bf16 kernel blockings than the whole batch, which moves the weights by ~1e-4 in 20 steps.

@@ -10,8 +10,7 @@ from pathlib import Path
 from tiny import TINY
 
 from msflow.cli import main
-from msflow.train.checkpoint import load_checkpoint
-from msflow.train.run import CHECKPOINT
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 
 HOT = [*TINY, "optim.lr=10", "train.log_every=1"]
 

@@ -12,10 +12,10 @@ from tiny import TINY
 from msflow.cli import main
 from msflow.errors import ConfigError
 from msflow.metrics import mean_and_stderr
+from msflow.train.checkpoint import CHECKPOINT
 from msflow.train.config import apply_overrides, load_config
 from msflow.train.ema import EMA
 from msflow.train.loop import _resume, build_model, train
-from msflow.train.run import CHECKPOINT
 from msflow.transforms import ActNorm, Affine, InvConv1x1, Logit, UniformDequantize
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from msflow.train.checkpoint import load_checkpoint
-from msflow.train.run import CHECKPOINT
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from runs import (
     RESUME_ARGS,
     SUBPROCESS_ENV,

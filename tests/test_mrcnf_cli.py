@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from tiny import TINY
 
-from msflow.analysis.level_curves import LEVEL_PLOT, level_curves
 from msflow.cli import main
 from msflow.data import get_dataset
-from msflow.train.checkpoint import load_checkpoint
+from msflow.runs import load_run
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
+from msflow.train.level_curves import LEVEL_PLOT, level_curves
 from msflow.train.loop import build_model
-from msflow.train.run import CHECKPOINT, load_run
 from runs import read_metrics
 
 FAST_SOLVER = "{train: {method: rk4, step_size: 0.5}, eval: {method: rk4, step_size: 0.25}}"

@@ -12,11 +12,10 @@ import torch
 
 import msflow.train.loop as loop
 from msflow.errors import MsflowError
-from msflow.train.checkpoint import load_checkpoint
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.config import Config
 from msflow.train.ema import EMA
 from msflow.train.loop import TrainingDiverged, train
-from msflow.train.run import CHECKPOINT
 from runs import read_metrics, tiny_config
 
 # ----------------------------------------------------------------------------- non-finite guard

@@ -23,8 +23,8 @@ from msflow.data.ood_sets import SYNTHETIC, load_ood_set, ood_choices, subset
 from msflow.errors import ConfigError, DataError, MissingDependencyError, ShapeError
 from msflow.metrics.complexity import CODECS, complexity, decode_image, encode_image
 from msflow.metrics.ood import auroc, complexity_score, ood_scores, typicality_score
+from msflow.runs import load_run
 from msflow.train.evaluate import dataset_bits_per_dim
-from msflow.train.run import load_run
 
 ROW = re.compile(r"^\| (\S+) \| (\d+) \| (\d+\.\d{4}) \+- \d+\.\d{4} \| (\d+\.\d{4}) \|(.*)\|$", re.M)
 

@@ -21,7 +21,7 @@ from msflow.analysis import load_image, mix_levels, perturb_levels
 from msflow.cli import main
 from msflow.data import get_dataset
 from msflow.errors import DataError, ShapeError
-from msflow.train.run import load_run
+from msflow.runs import load_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 LEVELS = 2  # glow-mnist

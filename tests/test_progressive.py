@@ -14,8 +14,8 @@ from tiny import TINY
 from msflow.cli import main
 from msflow.data import get_dataset
 from msflow.errors import DataError
-from msflow.train.checkpoint import load_checkpoint
-from msflow.train.run import CHECKPOINT, load_run
+from msflow.runs import load_run
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 
 SOLVER = "{train: {method: rk4, step_size: 0.5}, eval: {method: rk4, step_size: 0.25}}"
 

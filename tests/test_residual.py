@@ -275,8 +275,8 @@ def test_tasks_without_a_trivial_answer_have_no_base() -> None:
 
 def test_runs_trained_before_the_base_load_as_they_were_trained(tmp_path) -> None:
     from msflow.cli import main
-    from msflow.train.checkpoint import load_checkpoint, save_checkpoint
-    from msflow.train.run import CHECKPOINT, load_run
+    from msflow.runs import load_run
+    from msflow.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 
     tiny = "model.options={steps: 1, hidden: 8, features: 8, blocks: 1, growth: 4, residual: false}"
     common = ["train.steps=2", "train.max_seconds=0", "train.batch_size=4", "train.progress=false", "data.test_crops=2"]

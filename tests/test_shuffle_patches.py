@@ -17,8 +17,8 @@ from msflow.cli import main
 from msflow.data import ImageDataset, get_dataset
 from msflow.data.ood_sets import check_patch_sizes, patch_sizes, shuffle_patches, subset
 from msflow.errors import ShapeError
+from msflow.runs import load_run
 from msflow.train.evaluate import dataset_bits_per_dim
-from msflow.train.run import load_run
 
 ROW = re.compile(r"^\| (\d+)x\1 \| (\d+) \| (\d+\.\d{4}) \+- (\d+\.\d{4}) \|$", re.M)
 

@@ -25,8 +25,7 @@ from msflow.data.stream import CropStream, draw_seed, fixed_pairs
 from msflow.data.tasks import task_data
 from msflow.data.translation import central_mask, sketch_edges, to_grey
 from msflow.errors import DataError
-from msflow.train.checkpoint import load_checkpoint
-from msflow.train.run import CHECKPOINT
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from runs import SUBPROCESS_ENV, TIMEOUT, msflow_command, run_msflow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

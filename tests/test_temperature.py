@@ -32,7 +32,7 @@ from msflow.cli import main
 from msflow.data import ImageDataset, get_dataset
 from msflow.errors import DataError, MsflowError, ShapeError
 from msflow.metrics.frechet import fit_gaussian, frechet_distance, gaussian_frechet_distance
-from msflow.train.run import load_run
+from msflow.runs import load_run
 
 ROW = re.compile(r"^ +(\d+\.\d\d) +(\d+\.\d{4})$", re.M)
 REFERENCE = re.compile(r"^ +train/test +(\d+\.\d{4}) ", re.M)

@@ -223,9 +223,8 @@ def build_report(
     device: str = "cpu",
 ) -> str:
     """The HTML page of a run folder (see the module docstring); ``n_images`` test images feed the level terms."""
+    from msflow.runs import load_data, load_run
     from msflow.train.logdets import LOGDETS, plot_logdets
-    from msflow.train.loop import load_data
-    from msflow.train.run import load_run
 
     run = Path(run)
     model, cfg, meta = load_run(run, device)

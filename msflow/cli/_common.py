@@ -187,7 +187,7 @@ def bpd_fn(model: torch.nn.Module, batch_size: int, seed: int) -> Callable[[torc
 def in_distribution(args: argparse.Namespace, cfg: Any, model: torch.nn.Module, split: str) -> torch.Tensor:
     from msflow.data import get_dataset
     from msflow.data.convert import to_shape
-    from msflow.train.loop import load_data
+    from msflow.runs import load_data
 
     if getattr(args, "in_data", None) in (None, cfg.data.name):
         return load_data(cfg, split).images

@@ -47,8 +47,7 @@ def cmd_bound(args: argparse.Namespace) -> None:
 
 def cmd_perturb(args: argparse.Namespace) -> None:
     from msflow.analysis import load_image, perturb_levels
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
     from msflow.viz import save_grid
 
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))
@@ -76,8 +75,7 @@ def cmd_ood(args: argparse.Namespace) -> None:
     from msflow.analysis.ood import ood_histogram, ood_table, run_ood
     from msflow.data.ood_sets import check_ood_names
     from msflow.metrics.complexity import get_codec
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
 
     check_ood_names(args.ood)
     get_codec(args.codec)
@@ -100,8 +98,7 @@ def cmd_ood(args: argparse.Namespace) -> None:
 def cmd_shuffle_patches(args: argparse.Namespace) -> None:
     from msflow.analysis.shuffle_patches import shuffle_patch_bpd, shuffle_patch_figure, shuffle_patch_table
     from msflow.data.ood_sets import check_patch_sizes, patch_sizes, subset
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
 
     model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
     _, h, w = model.image_shape
@@ -119,9 +116,7 @@ def cmd_shuffle_patches(args: argparse.Namespace) -> None:
 
 def cmd_temperature(args: argparse.Namespace) -> None:
     from msflow.analysis.temperature import format_table, result_json, temperature_figure, temperature_sweep
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.loop import load_data
-    from msflow.train.run import load_run
+    from msflow.runs import load_data, load_run, resolve_device
 
     inception = None
     if args.inception:
@@ -158,7 +153,7 @@ def _report_file(args: argparse.Namespace) -> list[tuple[Path, str]]:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from msflow.analysis.report import check_tensorboard, write_report, write_tensorboard
-    from msflow.train.evaluate import resolve_device
+    from msflow.runs import resolve_device
 
     if args.tensorboard:
         check_tensorboard()  # before anything is written

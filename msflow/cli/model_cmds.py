@@ -28,7 +28,7 @@ from msflow.errors import ConfigError, MsflowError
 def _interpolation_pairs(args: argparse.Namespace, model: torch.nn.Module, cfg: Any) -> list[tuple[Any, Any, str]]:
     """``(x_a, x_b, label)`` pairs: the two given images, or random pairs of held-out test images."""
     from msflow.analysis import load_image
-    from msflow.train.loop import load_data
+    from msflow.runs import load_data
 
     if args.images:
         if len(args.images) != 2 or args.test_pairs:
@@ -48,8 +48,7 @@ def _interpolation_pairs(args: argparse.Namespace, model: torch.nn.Module, cfg: 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
     from msflow.analysis.interpolate import interpolate, save_interpolation_grid
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
 
     if args.steps < 3:
         raise ConfigError(f"--steps counts both end images and must be >= 3, got {args.steps}")
@@ -108,8 +107,7 @@ def _superres_image(name: str, channels: int, scale: int, n: int, hr: bool) -> t
 
 def cmd_superres(args: argparse.Namespace) -> None:
     from msflow.analysis.superres import superres
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
     from msflow.viz import save_grid, save_image
 
     if 1 < args.best_of < args.n:
@@ -169,12 +167,11 @@ def cmd_superres(args: argparse.Namespace) -> None:
 
 
 def cmd_assemble(args: argparse.Namespace) -> None:
-    from msflow.analysis.level_curves import LEVEL_PLOT, plot_level_curves
     from msflow.metrics.bpd import mean_and_stderr
+    from msflow.runs import load_data, load_run, resolve_device
     from msflow.train.assemble import assemble
-    from msflow.train.evaluate import dataset_level_bits_per_dim, resolve_device
-    from msflow.train.loop import load_data
-    from msflow.train.run import load_run
+    from msflow.train.evaluate import dataset_level_bits_per_dim
+    from msflow.train.level_curves import LEVEL_PLOT, plot_level_curves
 
     path = assemble(args.runs, args.out)
     if args.no_eval:

@@ -43,9 +43,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from msflow.metrics.invertibility import WARN_ABOVE, reconstruction_errors
-    from msflow.train.evaluate import evaluate, resolve_device
-    from msflow.train.loop import load_data
-    from msflow.train.run import load_run
+    from msflow.runs import load_data, load_run, resolve_device
+    from msflow.train.evaluate import evaluate
 
     model, cfg, _ = load_run(args.run, resolve_device(args.device or "auto"))
     model.to(DTYPES[args.dtype])
@@ -79,8 +78,7 @@ SAMPLE_COUNT = int_range(1, 10_000, "a number of samples in [1, 10000]")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
     from msflow.viz import save_grid
 
     model, _, _ = load_run(args.run, resolve_device(args.device or "auto"))

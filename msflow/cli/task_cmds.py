@@ -24,8 +24,7 @@ THRESHOLD = float_range(0, 1, "a threshold in [0, 1]")
 
 
 def _load(run: str, device: str | None, task: str) -> tuple[Any, Any]:
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
 
     model, cfg, _ = load_run(run, resolve_device(device or "auto"))
     if model.task != task:
@@ -41,7 +40,7 @@ def _segment_input(spec: str, cfg: Any, channels: int) -> tuple[torch.Tensor, to
     from msflow.data.folder import image_header
 
     if spec.startswith("test:"):
-        from msflow.train.loop import load_data
+        from msflow.runs import load_data
 
         test = load_data(cfg, "test")
         k = pair_index(spec, len(test))
@@ -89,8 +88,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
 def cmd_task_table(args: argparse.Namespace) -> None:
     from msflow.analysis.task_eval import evaluate_task, format_rows, held_out_photos, rows_json, task_and_scale
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
 
     device = resolve_device(args.device or "auto")
     flows = {Path(run).name: load_run(run, device)[0].eval() for run in args.runs}
@@ -121,7 +119,7 @@ def cmd_sr_table(args: argparse.Namespace) -> None:
 def cmd_seg_table(args: argparse.Namespace) -> None:
     from msflow.analysis.pr_plot import plot_precision_recall
     from msflow.analysis.segment import evaluate_segmentation, format_segmentation_table, names_for
-    from msflow.train.loop import load_data
+    from msflow.runs import load_data
 
     loaded = [_load(run, args.device, "segment") for run in args.runs]
     test = load_data(loaded[0][1], "test")

@@ -33,8 +33,7 @@ PRESETS = {
 def _load(runs: list[str], device: str | None, task: str | None) -> list[tuple[Any, Any]]:
     """CAFLOW runs (of ``task`` unless None) as ``(model, config)``; every file is read before any is judged."""
     from msflow.analysis.translate import can_rank
-    from msflow.train.evaluate import resolve_device
-    from msflow.train.run import load_run
+    from msflow.runs import load_run, resolve_device
 
     loaded = [load_run(run, resolve_device(device or "auto"))[:2] for run in runs]
     for run, (model, _) in zip(runs, loaded, strict=True):
@@ -78,7 +77,7 @@ def _input(args: argparse.Namespace, model: Any, cfg: Any, mask: torch.Tensor | 
     from msflow.analysis.translate import prepare_condition
 
     if args.input.startswith("test:"):
-        from msflow.train.loop import load_data
+        from msflow.runs import load_data
 
         if mask is not None:
             raise ConfigError("test pairs carry their own mask (the central square); drop --mask")
@@ -149,7 +148,7 @@ def cmd_translate_table(args: argparse.Namespace) -> None:
         likelihood_grid,
     )
     from msflow.data.pairs import PairedDataset
-    from msflow.train.loop import load_data
+    from msflow.runs import load_data
 
     loaded = _load(args.runs, args.device, None)
     tasks = {model.task for model, _ in loaded}

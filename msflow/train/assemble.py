@@ -22,9 +22,8 @@ from torch import Tensor, nn
 
 from msflow.errors import CheckpointError, ConfigError
 from msflow.models import create_model
-from msflow.train.checkpoint import load_checkpoint, prefixed, save_checkpoint
+from msflow.train.checkpoint import CHECKPOINT, checkpoint_path, load_checkpoint, prefixed, save_checkpoint
 from msflow.train.config import config_from_dict, config_to_dict, replace
-from msflow.train.run import CHECKPOINT, checkpoint_path
 
 
 def _level_of(key: str) -> int | None:

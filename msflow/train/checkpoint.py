@@ -21,6 +21,22 @@ from msflow._io import atomic_write
 from msflow.errors import CheckpointError
 from msflow.train.checkpoint_checks import check_meta, check_optimizer_state, check_tensors, check_weights
 
+CHECKPOINT = "checkpoint.safetensors"
+"""The file name of a run folder's checkpoint."""
+
+
+def checkpoint_path(run: str | Path) -> Path:
+    """The checkpoint file of a run folder (or ``run`` itself if it is a file)."""
+    run = Path(run)
+    if run.is_dir():
+        return run / CHECKPOINT
+    if run.exists() or run.suffix:
+        return run
+    raise CheckpointError(
+        f"no run folder or checkpoint at {run}; give the folder `msflow train` wrote (e.g. runs/NAME)"
+    )
+
+
 FORMAT = "msflow-checkpoint-1"
 
 

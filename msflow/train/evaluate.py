@@ -15,18 +15,6 @@ from msflow.metrics.bpd import mean_and_stderr
 from msflow.train.objective import bpd_score, function_evaluations
 from msflow.viz import save_grid
 
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from msflow.errors import ConfigError
-
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
 DIVERGED_BPD = 1000.0
 """Bits/dim above which an image counts as diverged: 8-bit data costs at most 8 bits/dim under
 any density near uniform; 1000 only comes from a solve that blew up."""

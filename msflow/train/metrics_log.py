@@ -38,3 +38,10 @@ class MetricsLog:
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
+
+
+class NullLog:
+    """The metrics log of ranks other than 0 of a distributed run: they write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:  # noqa: D102
+        pass

@@ -20,8 +20,7 @@ import pytest
 from msflow import _budget
 from msflow.models import create_model, list_models
 from msflow.models._registry import preset_defaults
-from msflow.train.checkpoint import load_checkpoint
-from msflow.train.run import CHECKPOINT
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 
 from .checkpoints import forge
 from .checks import Outcome, Tally, message_problem, user_error

@@ -15,11 +15,11 @@ import yaml
 from PIL import Image
 
 from msflow.errors import ConfigError
-from msflow.train.checkpoint import load_checkpoint, restore_optimizer
+from msflow.runs import load_run
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint, restore_optimizer
 from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, apply_overrides, config_from_dict, load_config, replace
 from msflow.train.loop import train
-from msflow.train.run import CHECKPOINT, load_run
 
 from .checkpoints import ALL, ALL_PENDING, LOAD, RESUME, Variant, forged_specs, random_variants, variants
 from .checks import Tally, cli_error, error_or, run_cli, snapshot, user_error

@@ -11,6 +11,7 @@ model's level runs, say) and :func:`plot_level_curves` draws them, test evaluati
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,3 +106,13 @@ def plot_level_curves(runs: Sequence[str | Path], out: str | Path, smooth: int =
 
 
 __all__ = ["LEVEL_PLOT", "level_curves", "plot_level_curves"]
+
+
+def plot_run_levels(run_dir: Path) -> Path | None:
+    """:func:`plot_level_curves` of one run into ``run_dir/levels.png``; a warning (and ``None``)
+    when they cannot be drawn, since a missing plot must never fail a finished training run."""
+    try:
+        return plot_level_curves([run_dir], run_dir / LEVEL_PLOT)
+    except (ImportError, MsflowError) as err:
+        warnings.warn(f"no {LEVEL_PLOT}: {err}", stacklevel=2)
+        return None

@@ -1,4 +1,10 @@
-"""Reopen a finished or running training run from its folder."""
+"""Finished runs, devices and data, for code that uses trained models (``cli/``, ``analysis/``).
+
+One import for what a command needs around a run folder: the model, config and metadata of a
+run (:func:`load_run`, :func:`load`), the device a name means (:func:`resolve_device`) and a
+config's data (:func:`load_data`). Training itself lives in :mod:`msflow.train`, which never
+imports this module.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +17,16 @@ from torch import nn
 
 from msflow.errors import BudgetError, CheckpointError, MsflowError
 from msflow.models import create_model
-from msflow.train.checkpoint import load_checkpoint, load_weights, prefixed
+from msflow.train.checkpoint import checkpoint_path, load_checkpoint, load_weights, prefixed
 from msflow.train.checkpoint_checks import require
 from msflow.train.config import Config, config_from_dict
+from msflow.train.data import load_data
+from msflow.train.device import resolve_device
 
-CHECKPOINT = "checkpoint.safetensors"
+__all__ = ["load", "load_data", "load_run", "resolve_device"]
+
 LEGACY_BASE = "shift.residual"
 """The buffer that marks a model with a base (msflow.transforms.shift); runs older than it have none."""
-
-
-def checkpoint_path(run: str | Path) -> Path:
-    """The checkpoint file of a run folder (or ``run`` itself if it is a file)."""
-    run = Path(run)
-    if run.is_dir():
-        return run / CHECKPOINT
-    if run.exists() or run.suffix:
-        return run
-    raise CheckpointError(
-        f"no run folder or checkpoint at {run}; give the folder `msflow train` wrote (e.g. runs/NAME)"
-    )
 
 
 def _short(value: Any) -> str:
