@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from msflow.data.pairs import PairedDataset
 from msflow.data.recipes import PLAIN, RECIPES
@@ -46,14 +47,24 @@ DEFAULT_CROP = 32
 """Side of the crops when ``data.crop`` is not set (the presets' target size)."""
 
 
+def _bundled_photos(split: str, root: str | os.PathLike[str] | None, crop: int, masks: str | None) -> ImageSource:
+    if masks is not None:
+        raise DataError("data.masks needs your own photos: set data.name=folder and data.root=FOLDER")
+    return BundledPhotos(split)
+
+
+def _folder(split: str, root: str | os.PathLike[str] | None, crop: int, masks: str | None) -> ImageSource:
+    return FolderImages(root, split, min_side=crop, masks=masks)
+
+
+_PHOTO_SOURCES: dict[str, Callable[..., ImageSource]] = {"photos": _bundled_photos, "folder": _folder}
+"""``data.name`` -> ``open(split, root, crop, masks)``: the photo sources crops are drawn from."""
+
+
 def _source(name: str, split: str, root: str | os.PathLike[str] | None, crop: int, masks: str | None) -> ImageSource:
-    if name == "photos":
-        if masks is not None:
-            raise DataError("data.masks needs your own photos: set data.name=folder and data.root=FOLDER")
-        return BundledPhotos(split)
-    if name == "folder":
-        return FolderImages(root, split, min_side=crop, masks=masks)
-    raise DataError(f"data.task draws crops from an image source: set data.name to one of {', '.join(SOURCES)}")
+    if name not in _PHOTO_SOURCES:
+        raise DataError(f"data.task draws crops from an image source: set data.name to one of {', '.join(SOURCES)}")
+    return _PHOTO_SOURCES[name](split, root, crop, masks)
 
 
 def task_data(

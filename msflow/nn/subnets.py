@@ -17,7 +17,7 @@ from torch import Tensor, nn
 SubnetFactory = Callable[[int, int], nn.Module]
 """``factory(in_channels, out_channels) -> nn.Module`` mapping (B, in, H, W) to (B, out, H, W)."""
 
-_PRECISIONS = {"float32": None, "bf16-mixed": torch.bfloat16}
+PRECISIONS = {"float32": None, "bf16-mixed": torch.bfloat16}
 _subnet_dtype: torch.dtype | None = None
 
 
@@ -30,9 +30,9 @@ def subnet_precision(precision: str) -> Iterator[None]:
         ...     pass  # couplings here run their networks under bf16 autocast
     """
     global _subnet_dtype
-    if precision not in _PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(_PRECISIONS)}")
-    previous, _subnet_dtype = _subnet_dtype, _PRECISIONS[precision]
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    previous, _subnet_dtype = _subnet_dtype, PRECISIONS[precision]
     try:
         yield
     finally:

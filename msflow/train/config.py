@@ -22,6 +22,24 @@ import yaml
 
 from msflow.data.recipes import HOLES, RECIPES
 from msflow.errors import ConfigError
+from msflow.nn.subnets import PRECISIONS
+from msflow.train.device import DEVICES
+from msflow.train.objective import OBJECTIVES
+from msflow.train.recipe import BUDGET_CLOCKS, OPTIMIZERS, SCHEDULES
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0), "positive (a finite number > 0)"
+_COUNT = (lambda v: v >= 0), "an integer >= 0 (0 means never)"
+_FRACTION = (lambda v: 0 <= v < 1), "a number in [0, 1)"
+
+
+def ruled(default: Any, rule: tuple[Callable[[Any], bool], str]) -> Any:
+    """A config field with its validity rule ``(check, what a valid value is)`` beside it."""
+    return field(default=default, metadata={"rule": rule})
 
 
 @dataclass(frozen=True)
@@ -43,14 +61,20 @@ class DataConfig:
 
     name: str = "mnist5k"
     root: str | None = None
-    pad_to: int | None = None
-    downsample: int | None = None
-    task: str | None = None
-    crop: int | None = None
-    holes: str = "centre"
+    pad_to: int | None = ruled(None, ((lambda v: v is None or 0 < v <= 4096), "null or an image side in [1, 4096]"))
+    downsample: int | None = ruled(
+        None, ((lambda v: v is None or v in (1, 2, 4, 8, 16)), "null or a factor in 1, 2, 4, 8, 16")
+    )
+    task: str | None = ruled(None, ((lambda v: v is None or v in RECIPES), f"null or one of {', '.join(RECIPES)}"))
+    crop: int | None = ruled(
+        None, ((lambda v: v is None or 4 <= v <= 4096), "null (the task's 32) or a crop side in [4, 4096]")
+    )
+    holes: str = ruled("centre", _one_of(*HOLES))
     masks: str | None = None
-    test_crops: int = 128
-    workers: int | None = None
+    test_crops: int = ruled(128, ((lambda v: 1 <= v <= 100_000), "an integer in [1, 100000]"))
+    workers: int | None = ruled(
+        None, ((lambda v: v is None or 0 <= v <= 64), "null (automatic) or an integer in [0, 64]")
+    )
 
 
 @dataclass(frozen=True)
@@ -101,23 +125,25 @@ class OptimConfig:
     grad_clip=1``, where ``decay_steps`` is the steps per ``StepLR.step()`` call.
     """
 
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    schedule: str = "constant"
-    decay_rate: float = 0.98
-    decay_steps: int = 1000
-    min_lr: float = 0.0
-    plateau_patience: int = 0
-    plateau_factor: float = 0.1
-    plateau_threshold: float = 1e-3
-    grad_clip: float = 50.0
-    ema_decay: float = 0.999
-    max_bad_steps: int = 50
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
+    optimizer: str = ruled("adam", _one_of(*OPTIMIZERS))
+    lr: float = ruled(1e-3, _POSITIVE)
+    betas: tuple[float, float] = ruled(
+        (0.9, 0.999), ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)")
+    )
+    weight_decay: float = ruled(0.0, ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"))
+    warmup_steps: int = ruled(200, _COUNT)
+    schedule: str = ruled("constant", _one_of(*SCHEDULES))
+    decay_rate: float = ruled(0.98, ((lambda v: 0 < v <= 1), "a number in (0, 1]"))
+    decay_steps: int = ruled(1000, _POSITIVE)
+    min_lr: float = ruled(0.0, ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"))
+    plateau_patience: int = ruled(0, _COUNT)
+    plateau_factor: float = ruled(0.1, ((lambda v: 0 < v < 1), "a number in (0, 1)"))
+    plateau_threshold: float = ruled(1e-3, ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"))
+    grad_clip: float = ruled(50.0, _POSITIVE)
+    ema_decay: float = ruled(0.999, _FRACTION)
+    max_bad_steps: int = ruled(50, _POSITIVE)
+    rollback_lr_factor: float = ruled(0.5, ((lambda v: 0 < v <= 1), "a number in (0, 1]"))
+    max_rollbacks: int = ruled(3, _COUNT)
 
 
 @dataclass(frozen=True)
@@ -136,27 +162,31 @@ class TrainConfig:
     where the CPU or GPU multiplies bf16 natively, else float32), ``float32`` or ``bf16-mixed``;
     evaluation always runs in float32 (or the ``--dtype`` asked for)."""
 
-    steps: int = 2000
-    max_seconds: float = 0.0
-    budget_clock: str = "wall"
-    batch_size: int = 64
-    eval_batch_size: int = 500
-    eval_every: int = 500
-    eval_seconds: float = 0.0
-    eval_images: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 50
-    sample_every: int = 0
-    logdet_every: int = 0
-    num_samples: int = 64
-    temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
-    seed: int = 0
+    steps: int = ruled(2000, _POSITIVE)
+    max_seconds: float = ruled(0.0, ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means no limit)"))
+    budget_clock: str = ruled("wall", _one_of(*BUDGET_CLOCKS))
+    batch_size: int = ruled(64, _POSITIVE)
+    eval_batch_size: int = ruled(500, _POSITIVE)
+    eval_every: int = ruled(500, _COUNT)
+    eval_seconds: float = ruled(0.0, ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means never)"))
+    eval_images: int = ruled(0, _COUNT)
+    checkpoint_every: int = ruled(200, _COUNT)
+    log_every: int = ruled(50, _COUNT)
+    sample_every: int = ruled(0, _COUNT)
+    logdet_every: int = ruled(0, _COUNT)
+    num_samples: int = ruled(64, ((lambda v: 0 <= v <= 10_000), "an integer in [0, 10000] (0 means no sample grids)"))
+    temperatures: tuple[float, ...] = ruled(
+        (0.5, 0.7, 1.0), ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]")
+    )
+    seed: int = ruled(0, ((lambda v: 0 <= v < 2**32), "an integer in [0, 2**32)"))
     deterministic: bool = False
-    level: int | None = None
-    objective: str = "likelihood"
-    finetune_fraction: float = 0.2
-    device: str = "auto"
-    precision: str = "auto"
+    level: int | None = ruled(
+        None, ((lambda v: v is None or 0 <= v < 16), "null (all levels) or a level index in [0, 16)")
+    )
+    objective: str = ruled("likelihood", _one_of(*OBJECTIVES))
+    finetune_fraction: float = ruled(0.2, _FRACTION)
+    device: str = ruled("auto", _one_of(*DEVICES))
+    precision: str = ruled("auto", _one_of("auto", *PRECISIONS))
     gradient_checkpointing: bool = False
     out: str | None = None
     progress: bool = True
@@ -176,62 +206,6 @@ class Config:
     def run_dir(self) -> Path:
         """Where checkpoints, metrics and samples go (``train.out`` or ``runs/<name>``)."""
         return Path(self.train.out or f"runs/{self.name}")
-
-
-def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in choices), f"one of {', '.join(choices)}"
-
-
-_POSITIVE = (lambda v: math.isfinite(v) and v > 0), "positive (a finite number > 0)"
-_COUNT = (lambda v: v >= 0), "an integer >= 0 (0 means never)"
-_FRACTION = (lambda v: 0 <= v < 1), "a number in [0, 1)"
-# (section, key) -> (check, what a valid value is); every other field only has its type checked.
-_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
-    ("optim", "optimizer"): _one_of("adam", "adamax"),
-    ("optim", "schedule"): _one_of("constant", "cosine", "exponential", "step"),
-    ("optim", "decay_rate"): ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
-    ("optim", "decay_steps"): _POSITIVE,
-    ("optim", "min_lr"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
-    ("optim", "plateau_patience"): _COUNT,
-    ("optim", "plateau_factor"): ((lambda v: 0 < v < 1), "a number in (0, 1)"),
-    ("optim", "plateau_threshold"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
-    ("optim", "lr"): _POSITIVE,
-    ("optim", "betas"): ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
-    ("optim", "weight_decay"): ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0"),
-    ("optim", "warmup_steps"): _COUNT,
-    ("optim", "grad_clip"): _POSITIVE,
-    ("optim", "ema_decay"): _FRACTION,
-    ("optim", "max_bad_steps"): _POSITIVE,
-    ("optim", "rollback_lr_factor"): ((lambda v: 0 < v <= 1), "a number in (0, 1]"),
-    ("optim", "max_rollbacks"): _COUNT,
-    ("train", "steps"): _POSITIVE,
-    ("train", "max_seconds"): ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means no limit)"),
-    ("train", "budget_clock"): _one_of("wall", "cpu"),
-    ("train", "level"): ((lambda v: v is None or 0 <= v < 16), "null (all levels) or a level index in [0, 16)"),
-    ("train", "batch_size"): _POSITIVE,
-    ("train", "eval_batch_size"): _POSITIVE,
-    ("train", "eval_every"): _COUNT,
-    ("train", "eval_seconds"): ((lambda v: math.isfinite(v) and v >= 0), "seconds >= 0 (0 means never)"),
-    ("train", "eval_images"): _COUNT,
-    ("train", "checkpoint_every"): _COUNT,
-    ("train", "log_every"): _COUNT,
-    ("train", "sample_every"): _COUNT,
-    ("train", "logdet_every"): _COUNT,
-    ("train", "num_samples"): ((lambda v: 0 <= v <= 10_000), "an integer in [0, 10000] (0 means no sample grids)"),
-    ("train", "seed"): ((lambda v: 0 <= v < 2**32), "an integer in [0, 2**32)"),
-    ("data", "pad_to"): ((lambda v: v is None or 0 < v <= 4096), "null or an image side in [1, 4096]"),
-    ("data", "task"): ((lambda v: v is None or v in RECIPES), f"null or one of {', '.join(RECIPES)}"),
-    ("data", "crop"): ((lambda v: v is None or 4 <= v <= 4096), "null (the task's 32) or a crop side in [4, 4096]"),
-    ("data", "holes"): _one_of(*HOLES),
-    ("data", "test_crops"): ((lambda v: 1 <= v <= 100_000), "an integer in [1, 100000]"),
-    ("data", "workers"): ((lambda v: v is None or 0 <= v <= 64), "null (automatic) or an integer in [0, 64]"),
-    ("data", "downsample"): ((lambda v: v is None or v in (1, 2, 4, 8, 16)), "null or a factor in 1, 2, 4, 8, 16"),
-    ("train", "temperatures"): ((lambda v: all(0 <= t <= 10 for t in v)), "numbers in [0, 10]"),
-    ("train", "objective"): _one_of("likelihood", "flow_matching", "flow_matching_then_likelihood"),
-    ("train", "finetune_fraction"): _FRACTION,
-    ("train", "device"): _one_of("auto", "cpu", "cuda"),
-    ("train", "precision"): _one_of("auto", "float32", "bf16-mixed"),
-}
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -301,7 +275,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         kwargs[name] = _build(sub, value, name) if sub else _coerce(value, str(known[name].type), path)
     obj = cls(**kwargs)
     for name, value in kwargs.items():
-        check, valid = _RULES.get((where, name), (lambda v: True, ""))
+        check, valid = known[name].metadata.get("rule", (lambda v: True, ""))
         if not check(value):
             raise ConfigError(f"{where}.{name} must be {valid}, got {_show(value)}")
     return obj

@@ -49,7 +49,7 @@ from msflow.train.metrics_log import MetricsLog, NullLog
 from msflow.train.objective import bpd_score, function_evaluations, objective_schedule
 from msflow.train.precision import resolve_precision
 from msflow.train.progress import TrainingBar
-from msflow.train.recipe import build_model, build_optimizer, learning_rate, make_deterministic  # noqa: F401
+from msflow.train.recipe import BUDGET_CLOCKS, build_model, build_optimizer, learning_rate, make_deterministic  # noqa: F401
 from msflow.train.run_state import _Guard, _meta, _plateau, _resume, _state_tensors, versions  # noqa: F401
 from msflow.transforms.ode_solver import solver_errors_in_backward
 
@@ -124,7 +124,7 @@ class TrainingRun:
         else:
             self.step, self.guard = 0, _Guard(plateau=_plateau(cfg))
         self.reported = self.step >= t.steps  # a finished run, rerun: report it again, log nothing twice
-        self.clock_fn = time.process_time if t.budget_clock == "cpu" else time.perf_counter
+        self.clock_fn = BUDGET_CLOCKS[t.budget_clock]
         self.started, self.spent_before = self.clock_fn(), self.guard.train_seconds
         self.paused = 0.0  # budget-clock seconds of evaluations during training: not training time
         self.trained: float | None = None  # training seconds, once training has ended

@@ -28,7 +28,6 @@ from msflow.models.base import ImageFlow, StepLoss
 
 Score = Callable[..., Tensor]
 """``score(model, x, generator, cond=None) -> (B,)`` per-image bits/dim."""
-OBJECTIVES = ("likelihood", "flow_matching", "flow_matching_then_likelihood")
 
 Objective = Callable[..., StepLoss]
 """``objective(model, x, generator, cond=None) -> StepLoss``; ``cond`` is a conditional model's condition batch."""
@@ -99,15 +98,28 @@ def objective_schedule(
     return lambda progress: first if progress < switch else then
 
 
+def _flow_matching_checked(model: ImageFlow, level: int | None) -> Objective:
+    model.check_flow_matching(level)
+    return _flow_matching(level)
+
+
+_SINGLE: dict[str, Callable[[ImageFlow, int | None], Objective]] = {
+    "likelihood": lambda model, level: _likelihood(level),
+    "flow_matching": _flow_matching_checked,
+}
+"""A single objective's name -> ``maker(model, level)``, which checks the model can train by it."""
+
+OBJECTIVES = (*_SINGLE, "flow_matching_then_likelihood")
+"""The names ``train.objective`` may take: the single objectives and the flow-matching-then-likelihood
+schedule of :func:`objective_schedule`."""
+
+
 def make_objective(model: ImageFlow, name: str, level: int | None) -> Objective:
     """The step objective ``name`` for ``model`` (optionally one ``level``), after checking they fit."""
     check_level(model, level)
-    if name == "likelihood":
-        return _likelihood(level)
-    if name == "flow_matching":
-        model.check_flow_matching(level)
-        return _flow_matching(level)
-    raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES[:2])} here, got {name!r}")
+    if name not in _SINGLE:
+        raise ConfigError(f"train.objective must be one of {', '.join(_SINGLE)} here, got {name!r}")
+    return _SINGLE[name](model, level)
 
 
 def function_evaluations(model: ImageFlow) -> int | None:

@@ -1,19 +1,21 @@
 """What a config's ``optim`` and ``train`` sections build: the model, the optimiser and the
 learning-rate schedule, plus deterministic kernels.
 
-The choices a config may name are the keys of :data:`OPTIMIZERS` and :data:`SCHEDULES`;
+The choices a config may name are the keys of :data:`OPTIMIZERS`, :data:`SCHEDULES` and
+:data:`BUDGET_CLOCKS`;
 :mod:`msflow.train.config` reads its rules from them, so a new optimiser or schedule is one
 entry here.
 
 Example:
-    >>> sorted(OPTIMIZERS), sorted(SCHEDULES)
-    (['adam', 'adamax'], ['constant', 'cosine', 'exponential', 'step'])
+    >>> sorted(OPTIMIZERS), sorted(SCHEDULES), sorted(BUDGET_CLOCKS)
+    (['adam', 'adamax'], ['constant', 'cosine', 'exponential', 'step'], ['cpu', 'wall'])
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,10 @@ if TYPE_CHECKING:  # config imports this module for its choices
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 """``optim.optimizer`` -> its class."""
+
+BUDGET_CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+"""``train.budget_clock`` -> the clock the time budget counts: wall seconds, or the process's CPU
+seconds over all threads (fair between runs that share a machine)."""
 
 
 def _constant(o: OptimConfig, u: int, total: int) -> float:
