@@ -23,6 +23,7 @@ from PIL import Image
 from tiny import TINY as TINY_BASE
 
 from msflow.cli import main
+from msflow.models import list_models
 from msflow.runs import load_run
 from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.evaluate import evaluate
@@ -173,13 +174,32 @@ def test_sample_is_seeded_and_makes_folders(
         assert image.size == (32 * 12, 32 * 12)  # 3x3 grid
 
 
+def test_list_filters_by_declared_capabilities(capsys: pytest.CaptureFixture) -> None:
+    def listed(*flags: str) -> dict[str, list[str]]:
+        rc, out, _ = call_main(["list", *flags], capsys)
+        assert rc == 0
+        lines = out.splitlines()
+        models = lines[1 : lines.index("datasets:")]
+        return {line.split()[0]: line.split()[1:3] for line in models}
+
+    everything, superres = listed(), listed("--task", "superres")
+    assert set(superres) == set(list_models(task="superres")) and "cflow-sr4" in superres
+    assert all(kind[0] == "superres" for kind in superres.values())
+    assert set(listed("--conditional")) == set(list_models(conditional=True))
+    unconditional = listed("--unconditional")
+    assert "glow-mnist" in unconditional and everything["glow-mnist"][0] == "density"
+    assert set(unconditional) | set(listed("--conditional")) == set(everything)
+    cnf = listed("--cnf")
+    assert set(cnf) == set(list_models(cnf=True)) and "mrcnf-mnist5k" in cnf and cnf["mrcnf-mnist5k"][1] == "cnf"
+
+
 def test_list_shows_models_and_datasets(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("msflow")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "msflow.cli"]
     proc = subprocess.run([*command, "list"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "models:" and "datasets:" in lines
+    assert lines[0].startswith("models (kind:") and "datasets:" in lines
     models = lines[1 : lines.index("datasets:")]
     tasks = next(i for i, line in enumerate(lines) if line.startswith("image-to-image tasks"))
     datasets = [line.strip() for line in lines[lines.index("datasets:") + 1 : tasks]]

@@ -19,6 +19,7 @@ from msflow.cli._common import (
     temperature_arg,
 )
 from msflow.core import evaluation_context
+from msflow.train.device import DEVICES
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -91,11 +92,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from msflow.data import list_datasets
-    from msflow.models import list_models, model_help
+    from msflow.models import list_models, model_capabilities, model_help
 
-    print("models:")
-    for name in list_models():
-        print(f"  {name:24s} {model_help(name)}")
+    names = list_models(conditional=args.conditional, task=args.task, cnf=args.cnf)
+    print("models (kind: density of images, or p(target | condition) for a task; cnf: continuous levels):")
+    for name in names:
+        caps = model_capabilities(name)
+        kind = caps.task or "density"
+        print(f"  {name:24s} {kind + (' cnf' if caps.cnf else ''):13s} {model_help(name)}")
+    if not names:
+        print("  (none match the filters)")
     print("datasets:")
     for name in list_datasets():
         print(f"  {name}")
@@ -111,7 +117,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train a config (YAML path or name in configs/)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=100 model.options.hidden=64")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--out", help="run folder (default runs/<config name>)")
     p.add_argument("--seed", type=seed_arg, help="train.seed: weights, data order, noise (CPU runs repeat bit for bit)")
     p.add_argument(
@@ -132,7 +138,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="measure max |x - f^-1(f(x))| on the first N images (0: skip)",
     )
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=DEVICES)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="write a grid of samples")
@@ -141,8 +147,13 @@ def register(sub: Any) -> None:
     p.add_argument("--temperature", "-t", type=temperature_arg, default=0.7)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("-o", "--output", type=png_output, default="samples.png")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=DEVICES)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("list", help="list model presets and datasets")
+    p = sub.add_parser("list", help="list model presets (with what each declares) and datasets")
+    kinds = p.add_mutually_exclusive_group()
+    kinds.add_argument("--conditional", action="store_const", const=True, help="only image-to-image models")
+    kinds.add_argument("--unconditional", dest="conditional", action="store_const", const=False, help="only densities")
+    p.add_argument("--task", help="only the models of this task (superres, colorize, inpaint, sketch, segment)")
+    p.add_argument("--cnf", action="store_const", const=True, help="only models with continuous (ODE) levels")
     p.set_defaults(func=cmd_list)
