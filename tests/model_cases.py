@@ -18,6 +18,7 @@ its own way, and an option is given only to a builder that takes it.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -192,3 +193,24 @@ def build_case(case: str, randomize: Callable) -> nn.Module:
     torch.manual_seed(0)
     model = msflow.create_model(name, **{**narrow_options(name), **options})
     return initialise(model, randomize, 0.1, F64)
+
+
+RUN = [
+    "train.batch_size=4",
+    "train.eval_images=8",
+    "train.eval_every=0",
+    "train.max_seconds=0",
+    "train.num_samples=1",
+    "train.temperatures=[0.7]",
+    "train.progress=false",
+    "train.device=cpu",
+    "train.precision=float32",
+    "optim.warmup_steps=1",
+]
+"""Overrides that make any shipped config's run seconds long (the model is narrowed apart)."""
+
+
+def narrow_overrides(name: str) -> list[str]:
+    """:func:`narrow_options` of preset ``name`` as dotted overrides, its image size left to the data."""
+    options = {k: v for k, v in narrow_options(name).items() if k not in ("size", "image_shape")}
+    return [f"model.options.{k}={json.dumps(v)}" for k, v in options.items()]  # JSON is YAML
