@@ -15,7 +15,8 @@ class ShapeError(MsflowError):
 
 
 class DataError(MsflowError):
-    """A dataset that is missing, empty, corrupt or of the wrong format."""
+    """A dataset that is missing, empty, corrupt or of the wrong format, or image values that are
+    not images (pixels out of range, samples that are NaN or infinite before quantization)."""
 
 
 class CheckpointError(MsflowError):

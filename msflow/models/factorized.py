@@ -24,6 +24,7 @@ from msflow.nn.conditioners import RRDBNet, VGGConditioner
 from msflow.nn.subnets import run_subnet
 from msflow.transforms import UniformDequantize
 from msflow.transforms.binary_dequant import BinaryDequantize
+from msflow.transforms.preprocess import check_finite_samples
 
 
 def discretized_logistic_log_prob(k: Tensor, mean: Tensor, log_scale: Tensor, levels: int = 256) -> Tensor:
@@ -132,7 +133,7 @@ class FactorizedSuperRes(_Factorized):
         u = torch.rand(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
         u = u.clamp(1e-6, 1 - 1e-6)
         v = mean + temperature * log_s.exp() * (torch.log(u) - torch.log1p(-u))
-        return (v * 256).floor().clamp(0, 255).to(torch.uint8)
+        return UniformDequantize(8).quantize(v)  # refuses NaN, as every sampler's quantization does
 
 
 class FactorizedSegmenter(_Factorized):
@@ -222,6 +223,7 @@ class FactorizedSegmenter(_Factorized):
     ) -> Tensor:
         """``n`` factored Bernoulli masks; temperature 0 thresholds the soft map at 1/2."""
         prob = self.probability(cond)
+        check_finite_samples(prob)  # a NaN probability would otherwise draw 0 everywhere
         self.check_batch(n, prob)
         prob = prob.expand(n, *prob.shape[1:])
         if temperature == 0:

@@ -18,7 +18,10 @@ Example:
     >>> import torch
     >>> resolve_precision("float32", torch.device("cpu"))
     'float32'
-    >>> resolve_precision("auto", torch.device("cpu")) in ("float32", "bf16-mixed")
+    >>> resolve_precision("auto", torch.device("cuda")), resolve_precision("bf16-mixed", torch.device("cuda"))
+    ('float32', 'bf16-mixed')
+    >>> native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())  # this CPU's /proc/cpuinfo flags
+    >>> resolve_precision("auto", torch.device("cpu")) == ("bf16-mixed" if native else "float32")
     True
 """
 

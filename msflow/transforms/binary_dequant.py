@@ -13,6 +13,7 @@ from msflow.nn.subnets import SubnetFactory, conv_subnet
 from msflow.transforms.actnorm import ActNorm
 from msflow.transforms.conv1x1 import InvConv1x1
 from msflow.transforms.coupling import AffineCoupling
+from msflow.transforms.preprocess import check_finite_samples
 from msflow.transforms.reshape import Squeeze
 
 
@@ -117,5 +118,6 @@ class BinaryDequantize(nn.Module):
         return w, log_q
 
     def quantize(self, w: Tensor) -> Tensor:
-        """``y = [v > 1/2] = [w > 0]`` as ``uint8``."""
+        """``y = [v > 1/2] = [w > 0]`` as ``uint8``; NaN or infinity raises a :class:`DataError`."""
+        check_finite_samples(w)
         return (w > 0).to(torch.uint8)

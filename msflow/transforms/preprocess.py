@@ -29,6 +29,30 @@ def uniform_noise(x: Tensor, generator: torch.Generator | None, dtype: torch.dty
     return u.expand(x.shape)
 
 
+def check_finite_samples(v: Tensor) -> None:
+    """Raise a :class:`DataError` if continuous images about to be quantized hold NaN or infinity.
+
+    Rounding would hide them (a NaN floors and clamps to 0, an infinity to the top bin), so a
+    broken model would draw plausible-looking black or white images; refusing keeps the fault
+    visible where it happens.
+
+    Example:
+        >>> check_finite_samples(torch.tensor([0.0, 0.5]))  # finite: nothing to say
+        >>> try:
+        ...     check_finite_samples(torch.tensor([float("nan"), 0.5]))
+        ... except DataError as err:
+        ...     print(str(err).split(":")[0])
+        1 of 2 values to quantize are not finite (NaN or infinity)
+    """
+    bad = int((~torch.isfinite(v)).sum())
+    if bad:
+        raise DataError(
+            f"{bad} of {v.numel()} values to quantize are not finite (NaN or infinity): the model's "
+            "inverse broke down on these latents; sample at a lower temperature, evaluate in float64 "
+            "(--dtype float64), or check that the checkpoint trained without diverging"
+        )
+
+
 class UniformDequantize(nn.Module):
     r"""``v = (x + u) / 2^{bits}``, ``u ~ U[0, 1)^D``, with ``log q(u | x) = 0``.
 
@@ -95,7 +119,9 @@ class UniformDequantize(nn.Module):
         return v, v.new_zeros(x.shape[0])
 
     def quantize(self, v: Tensor) -> Tensor:
-        """Map continuous ``v`` back to uint8 bins (clamped to the valid range)."""
+        """Map continuous ``v`` back to uint8 bins (clamped to the valid range); NaN or infinity
+        raises a :class:`DataError` (:func:`check_finite_samples`)."""
+        check_finite_samples(v)
         return (v * self.levels).floor().clamp(0, self.levels - 1).to(torch.uint8)
 
 
