@@ -16,10 +16,9 @@ import torch
 from model_cases import RUN, narrow_overrides
 
 import msflow.train.checkpoint as checkpoint_module
-from msflow.train.checkpoint import load_checkpoint
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.config import Config, apply_overrides, load_config, replace
 from msflow.train.loop import train
-from msflow.train.run import CHECKPOINT
 
 FAMILIES = {
     "cflow": ["photos-sr2-cflow"],

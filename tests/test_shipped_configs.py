@@ -17,9 +17,8 @@ import pytest
 from model_cases import RUN, narrow_overrides
 
 from msflow.cli import main
-from msflow.train.checkpoint import load_checkpoint
+from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.config import load_config
-from msflow.train.run import CHECKPOINT
 
 CONFIGS = sorted(path.stem for path in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
