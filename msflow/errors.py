@@ -19,6 +19,10 @@ class DataError(MsflowError):
     not images (pixels out of range, samples that are NaN or infinite before quantization)."""
 
 
+class NonFiniteSamples(DataError):
+    """Samples that are NaN or infinite before quantization: the model's inverse broke down."""
+
+
 class CheckpointError(MsflowError):
     """A checkpoint that is unreadable, foreign or not a safetensors file."""
 

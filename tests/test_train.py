@@ -248,3 +248,26 @@ def test_auto_precision_is_bf16_mixed_only_on_bf16_hardware(
     assert precision.resolve_precision("auto", torch.device(device)) == expected
     for fixed in ("float32", "bf16-mixed"):  # an explicit choice is kept on any hardware
         assert precision.resolve_precision(fixed, torch.device(device)) == fixed
+
+
+def test_non_finite_samples_skip_the_grids_but_the_run_finishes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Samples that are NaN (here: the sampled weights broken during sampling) draw no grid; the run
+    logs it, keeps its weights and still writes its results."""
+    import msflow.train.loop as loop
+
+    real = loop.sample_grids
+
+    def broken_grids(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))  # the EMA weights swapped in for sampling: restored after
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "sample_grids", broken_grids)
+    cfg = tiny_config(tmp_path / "run", "train.steps=2", "train.num_samples=4")
+    result = train(cfg)
+    assert result["samples"] == [] and json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 2
+    failed = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "samples_failed"]
+    assert [r["tag"] for r in failed] == ["final"] and "not finite" in failed[0]["error"]
+    tensors, _ = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model/"))

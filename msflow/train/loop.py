@@ -32,7 +32,7 @@ from torch import Tensor
 
 from msflow._io import finite_json, remove_stale_temp_files, write_text
 from msflow.data.batches import StepBatches, epoch_order  # noqa: F401  (epoch_order: re-exported)
-from msflow.errors import CheckpointError, ConfigError, MsflowError
+from msflow.errors import CheckpointError, ConfigError, MsflowError, NonFiniteSamples
 from msflow.nn.subnets import subnet_precision
 from msflow.train.checkpoint import CHECKPOINT, save_checkpoint
 from msflow.train.compatibility import check_compatible
@@ -196,13 +196,23 @@ class TrainingRun:
             )  # fmt: skip
 
     def sample(self, tag: str, progress: bool = False) -> list[Path]:
-        """Sample grids at every ``train.temperatures`` (EMA weights), named by ``tag``."""
+        """Sample grids at every ``train.temperatures`` (EMA weights), named by ``tag``.
+
+        Samples that are not finite draw no grid: the run logs a ``samples_failed`` event, says so,
+        and goes on (the final results are still written), since the weights may be fine at a lower
+        temperature or in float64 (``msflow sample``).
+        """
         t = self.t
-        with self.averaged():
-            return sample_grids(
-                self.model, self.run_dir / "samples", t.num_samples, t.temperatures, t.seed, tag, self.pairs,
-                progress=progress,
-            )  # fmt: skip
+        try:
+            with self.averaged():
+                return sample_grids(
+                    self.model, self.run_dir / "samples", t.num_samples, t.temperatures, t.seed, tag, self.pairs,
+                    progress=progress,
+                )  # fmt: skip
+        except NonFiniteSamples as err:
+            self.log.write({"step": self.step, "event": "samples_failed", "tag": tag, "error": str(err)})
+            self.bar.write(f"step {self.step}: no {tag} sample grids: {err}")
+            return []
 
     # -- the loop ---------------------------------------------------------------------------------
 

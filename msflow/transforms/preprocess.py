@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msflow.core import InvertibleModule
-from msflow.errors import DataError
+from msflow.errors import DataError, NonFiniteSamples
 
 
 def uniform_noise(x: Tensor, generator: torch.Generator | None, dtype: torch.dtype, same_noise: bool) -> Tensor:
@@ -30,7 +30,7 @@ def uniform_noise(x: Tensor, generator: torch.Generator | None, dtype: torch.dty
 
 
 def check_finite_samples(v: Tensor) -> None:
-    """Raise a :class:`DataError` if continuous images about to be quantized hold NaN or infinity.
+    """Raise :class:`~msflow.errors.NonFiniteSamples` (a ``DataError``) if continuous images about to be quantized hold NaN or infinity.
 
     Rounding would hide them (a NaN floors and clamps to 0, an infinity to the top bin), so a
     broken model would draw plausible-looking black or white images; refusing keeps the fault
@@ -46,7 +46,7 @@ def check_finite_samples(v: Tensor) -> None:
     """
     bad = int((~torch.isfinite(v)).sum())
     if bad:
-        raise DataError(
+        raise NonFiniteSamples(
             f"{bad} of {v.numel()} values to quantize are not finite (NaN or infinity): the model's "
             "inverse broke down on these latents; sample at a lower temperature, evaluate in float64 "
             "(--dtype float64), or check that the checkpoint trained without diverging"
