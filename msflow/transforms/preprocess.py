@@ -30,7 +30,8 @@ def uniform_noise(x: Tensor, generator: torch.Generator | None, dtype: torch.dty
 
 
 def check_finite_samples(v: Tensor) -> None:
-    """Raise :class:`~msflow.errors.NonFiniteSamples` (a ``DataError``) if continuous images about to be quantized hold NaN or infinity.
+    """Raise :class:`~msflow.errors.NonFiniteSamples` (a ``DataError``) if images about to be quantized
+    hold NaN or infinity.
 
     Rounding would hide them (a NaN floors and clamps to 0, an infinity to the top bin), so a
     broken model would draw plausible-looking black or white images; refusing keeps the fault
