@@ -87,3 +87,18 @@ def test_a_new_family_trains_evaluates_samples_and_reports(tmp_path: Path, capsy
     assert (tmp_path / "toy.png").is_file()
     assert main(["report", str(run), "--temperatures", "0.7", "--device", "cpu"]) == 0
     assert (run / "report.html").is_file()
+
+
+def test_the_conformance_checks_hold_for_the_new_family(randomize, jacobian_logabsdet) -> None:  # noqa: ANN001
+    """The model suite's two map checks (tests/test_model_conformance.py), on the toy in float64:
+    decode inverts encode, and the log-det is the slogdet of the autograd Jacobian."""
+    model = randomize(CheckerboardRealNVP().double(), std=0.3)
+    v = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        zs, logdet = model.encode(v)
+        torch.testing.assert_close(model.decode(zs), v, atol=1e-12, rtol=0)
+    assert logdet.abs().min() > 1e-2  # not a vacuous volume-preserving map
+    for i in range(2):
+        sign, reference = jacobian_logabsdet(lambda vi: model.encode(vi[None])[0][0].flatten(), v[i])
+        assert sign != 0
+        torch.testing.assert_close(logdet[i], reference, atol=1e-10, rtol=0)
