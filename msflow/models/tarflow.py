@@ -257,7 +257,7 @@ class TarFlow(ImageFlow):
         (z,) = self.sample_latents(n, temperature, generator)
         labels = self._labels(cond, n, z.device)
         weight = self.guidance if guidance is None else guidance
-        h = self.invert(z, labels, method or self.sampler, guidance=weight if labels is not None else 0.0, stats=stats)
+        h = self.invert(z, labels, method or self.sampler, guidance=weight, stats=stats)
         if (self.denoise if denoise is None else denoise) and self.noise_std > 0:
             h = self.score_step(h, labels)
         return self.dequantizer.quantize(self.preprocess.inverse(h)[0])

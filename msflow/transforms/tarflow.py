@@ -100,7 +100,9 @@ class TarFlowBlock(InvertibleModule):
         super().__init__()
         c, h, w = shape
         if patch < 1 or h % patch or w % patch:
-            raise ShapeError(f"a {h}x{w} image cannot be cut into {patch}x{patch} patches; pick a patch side dividing both")
+            raise ShapeError(
+                f"a {h}x{w} image cannot be cut into {patch}x{patch} patches; pick a patch side dividing both"
+            )
         if cond_channels and num_classes:
             raise ValueError("a TarFlow block takes image features or class labels as its condition, not both")
         self.shape, self.patch, self.reverse = tuple(shape), patch, reverse
@@ -211,15 +213,13 @@ class TarFlowBlock(InvertibleModule):
     def _jacobi(
         self, zt: Tensor, cond: Any, tol: float, max_sweeps: int, guidance: float, uncond: Any
     ) -> tuple[Tensor, Tensor, int]:
-        x = zt
-        for sweep in range(1, max_sweeps + 1):
+        x, sweeps, moved = zt, 0, float("inf")
+        while sweeps < max_sweeps and moved > tol:
             mu, a = self._guided(x, cond, guidance, uncond)
             x_new = zt * torch.exp(a) + mu
             moved = float((x_new - x).detach().abs().max()) if x.numel() else 0.0
-            x = x_new
-            if moved <= tol:
-                break
-        return x, a, sweep
+            x, sweeps = x_new, sweeps + 1
+        return x, a, sweeps
 
     def _sequential(self, zt: Tensor, cond: Any, guidance: float, uncond: Any) -> tuple[Tensor, Tensor]:
         b, t, _ = zt.shape
