@@ -49,6 +49,7 @@ from msflow.transforms import (
     UniformDequantize,
     UnimodularPyramid,
 )
+from msflow.transforms.tarflow import TarFlowBlock
 
 B = 3
 COND_CHANNELS = 2
@@ -238,6 +239,21 @@ CASES = [
     Case("pyramid-haar", lambda: HaarPyramid()),
     Case("pyramid-orthogonal", lambda: OrthogonalPyramid()),
     Case("inverse-pyramid-haar", lambda: Inverse(HaarPyramid()), in_shape=(8, 2, 3)),
+    Case("tarflow-p2", lambda: TarFlowBlock((4, 4, 6), patch=2, width=8, layers=1)),
+    Case("tarflow-p1-reverse-2layers", lambda: TarFlowBlock((4, 4, 6), patch=1, width=8, layers=2, reverse=True)),
+    Case(
+        "tarflow-p2-cond",
+        lambda: TarFlowBlock((4, 4, 6), patch=2, width=8, layers=1, cond_channels=COND_CHANNELS),
+        cond_channels=COND_CHANNELS,
+    ),
+    Case(
+        "tarflow-flow-sequential-cond",
+        lambda: FlowSequential(
+            TarFlowBlock((4, 4, 6), patch=2, width=8, layers=1, cond_channels=COND_CHANNELS),
+            TarFlowBlock((4, 4, 6), patch=2, width=8, layers=1, cond_channels=COND_CHANNELS, reverse=True),
+        ),
+        cond_channels=COND_CHANNELS,
+    ),
     Case("cnf-exact-rk4", lambda: exact_cnf(), in_shape=(2, 2, 3)),
     Case("cnf-exact-rk4-cond", lambda: exact_cnf(COND_CHANNELS), in_shape=(2, 2, 3), cond_channels=COND_CHANNELS),
 ]

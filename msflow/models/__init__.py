@@ -6,6 +6,7 @@ from msflow.models import cflow as _cflow  # noqa: F401
 from msflow.models import factorized as _factorized  # noqa: F401
 from msflow.models import glow as _glow  # noqa: F401
 from msflow.models import mrcnf as _mrcnf  # noqa: F401
+from msflow.models import tarflow as _tarflow  # noqa: F401
 from msflow.models._registry import (
     Capabilities,
     create_model,
@@ -21,6 +22,7 @@ from msflow.models.factorized import FactorizedSegmenter, FactorizedSuperRes
 from msflow.models.marscf import MARSCF
 from msflow.models.multires import MultiResolutionFlow, build_multires
 from msflow.models.multiscale import MultiScaleFlow, build_multiscale
+from msflow.models.tarflow import TarFlow
 
 __all__ = [
     "CAFlow",
@@ -33,6 +35,7 @@ __all__ = [
     "FactorizedSuperRes",
     "MultiResolutionFlow",
     "MultiScaleFlow",
+    "TarFlow",
     "build_multires",
     "build_multiscale",
     "create_model",

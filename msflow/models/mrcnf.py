@@ -22,6 +22,7 @@ from msflow.errors import ShapeError
 from msflow.models._registry import register_model
 from msflow.models.multires import LevelFactory, MultiResolutionFlow, build_multires
 from msflow.models.multiscale import make_preprocess
+from msflow.models.tarflow_levels import tarflow_density
 from msflow.nn.odefunc import conv_vector_field
 from msflow.nn.subnets import conv_subnet
 from msflow.transforms import CNF, ActNorm, AffineCoupling, AffineInjector, InvConv1x1, Squeeze
@@ -133,7 +134,7 @@ def coupling_density(steps: int = 8, hidden: int = 64, scale: str = "sigmoid") -
     return build
 
 
-DENSITIES = {"cnf": cnf_density, "coupling": coupling_density}
+DENSITIES = {"cnf": cnf_density, "coupling": coupling_density, "tarflow": tarflow_density}
 """Level densities by name: each maps ``(steps, hidden, ...)`` to a level factory."""
 
 
@@ -163,7 +164,8 @@ def mrcnf(
     Args:
         image_shape: ``(C, H, W)``.
         resolutions: ``S`` (1: a single-resolution CNF, the RNODE baseline).
-        density: ``"cnf"`` or ``"coupling"`` (the options from ``end_time`` to ``steer`` apply
+        density: ``"cnf"``, ``"coupling"`` or ``"tarflow"`` (Transformer autoregressive levels,
+            :mod:`msflow.models.tarflow_levels`; the options from ``end_time`` to ``steer`` apply
             to ``"cnf"`` only).
         steps: blocks per level (default: :data:`BLOCKS_PER_LEVEL`, Table 4).
         hidden: hidden channels of the vector fields (or coupling nets).
@@ -221,7 +223,7 @@ def _register_presets() -> None:
         register_model(
             f"mrcnf-{data}",
             f"MRCNF for {data} ({size}): {resolutions} resolutions x {blocks} CNF blocks, 64 hidden "
-            f"(resolutions=1..{most}, density=cnf|coupling)",
+            f"(resolutions=1..{most}, density=cnf|coupling|tarflow)",
             cnf=True,
         )(partial(mrcnf, image_shape=shape, resolutions=resolutions, alpha=alpha, blocks_per_level=table))
 

@@ -56,6 +56,16 @@ def run_subnet(net: nn.Module, inp: Tensor) -> Any:
     return out.to(inp.dtype)
 
 
+def subnet_autocast(inp: Tensor) -> contextlib.AbstractContextManager:
+    """The autocast context :func:`run_subnet` runs a network in, for an input like ``inp``: bf16
+    autocast under ``subnet_precision("bf16-mixed")``, else (and always for float64) a no-op. For
+    networks whose outputs are more than tensors (a Transformer's key/value cache); cast the
+    results that feed invertible arithmetic back to ``inp.dtype`` yourself."""
+    if _subnet_dtype is None or inp.dtype == torch.float64:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=inp.device.type, dtype=_subnet_dtype)
+
+
 class ZeroConv2d(nn.Conv2d):
     """A convolution initialised to output zeros, so the enclosing block starts as the identity."""
 

@@ -22,6 +22,7 @@ from msflow.transforms.reshape import (
 from msflow.transforms.shift import ConditionalShift, ImageBase
 from msflow.transforms.spline import RQActivation
 from msflow.transforms.split import GaussianSplitPrior
+from msflow.transforms.tarflow import TarFlowBlock
 from msflow.transforms.variational_dequant import VariationalDequantize
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "SolverSettings",
     "Squeeze",
     "StridedInvConv",
+    "TarFlowBlock",
     "UniformDequantize",
     "UnimodularPyramid",
     "VariationalDequantize",
