@@ -50,6 +50,7 @@ NARROW: dict[str, dict[str, Any]] = {
         "dequantizer_steps": 1,
     },
     "factorized": {"features": 4, "blocks": 1, "growth": 4, "vgg": (4, 4, 4), "size": 16},
+    "tarflow": {"steps": 2, "layers": 1, "hidden": 8, "heads": 2},
     "caflow": {
         "hidden": 4,
         "cond_hidden": 4,
@@ -166,6 +167,10 @@ JACOBIAN_CASES: dict[str, tuple[str, dict[str, Any]]] = {
             "multires_noise": True,
         },
     ),
+    # TarFlow: patch tokens in both orders, scaled or logit input; as MRCNF's level density
+    "tarflow": ("tarflow-digits8", {"image_shape": (1, 4, 4)}),
+    "tarflow-logit-rgb": ("tarflow-cifar10", {"image_shape": (3, 4, 4), "preprocess": "logit", "steps": 3}),
+    "mrcnf-tarflow": ("mrcnf-mnist", {"image_shape": (1, 4, 4), "resolutions": 2, "density": "tarflow"}),
     # Winkler et al.: residual super-resolution (bounded scales) or not (sigmoid), x2 and x4; segmentation
     "cflow-sr2": ("cflow-sr2", {"size": 8}),
     "cflow-sr4": ("cflow-sr4", {"size": 8}),
