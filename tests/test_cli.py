@@ -24,10 +24,9 @@ from tiny import TINY as TINY_BASE
 
 from msflow.cli import main
 from msflow.models import list_models
-from msflow.runs import load_run
+from msflow.runs import load_data, load_run
 from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.evaluate import evaluate
-from msflow.train.loop import load_data
 
 TINY = TINY_BASE
 # mnist5k at 28x28 with a tiny Glow, for the shape errors

@@ -15,7 +15,9 @@ from msflow.metrics import mean_and_stderr
 from msflow.train.checkpoint import CHECKPOINT
 from msflow.train.config import apply_overrides, load_config
 from msflow.train.ema import EMA
-from msflow.train.loop import _resume, build_model, train
+from msflow.train.loop import train
+from msflow.train.recipe import build_model
+from msflow.train.run_state import _resume
 from msflow.transforms import ActNorm, Affine, InvConv1x1, Logit, UniformDequantize
 
 

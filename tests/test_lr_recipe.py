@@ -16,8 +16,9 @@ import msflow.train.loop as loop
 from msflow.errors import CheckpointError, ConfigError
 from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.config import Config, apply_overrides, config_from_dict
-from msflow.train.loop import learning_rate, train
+from msflow.train.loop import train
 from msflow.train.plateau import SMOOTHING, Plateau
+from msflow.train.recipe import learning_rate
 from runs import read_metrics, tiny_config
 
 # ----------------------------------------------------------------------------- the step schedule

@@ -17,7 +17,7 @@ from msflow.data import get_dataset
 from msflow.runs import load_run
 from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.level_curves import LEVEL_PLOT, level_curves
-from msflow.train.loop import build_model
+from msflow.train.recipe import build_model
 from runs import read_metrics
 
 FAST_SOLVER = "{train: {method: rk4, step_size: 0.5}, eval: {method: rk4, step_size: 0.25}}"

@@ -22,8 +22,7 @@ from tiny import TINY
 
 from msflow.analysis.report import OOD_JSON, TEMPERATURE_JSON, level_terms, write_report
 from msflow.cli import main
-from msflow.runs import load_run
-from msflow.train.loop import load_data
+from msflow.runs import load_data, load_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 VOID = {"meta", "img", "br", "hr", "link", "input"}

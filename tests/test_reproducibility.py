@@ -11,9 +11,8 @@ import torch
 
 from msflow.cli import main
 from msflow.metrics.invertibility import WARN_ABOVE, reconstruction_errors
-from msflow.runs import load_run
+from msflow.runs import load_data, load_run
 from msflow.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from msflow.train.loop import load_data
 from runs import TINY, read_metrics
 
 RUN_ARGS = ["train", "mnist5k-glow", *TINY, "train.steps=6", "train.checkpoint_every=3"]

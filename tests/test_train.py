@@ -14,12 +14,14 @@ import pytest
 import torch
 
 import msflow.train.checkpoint as checkpoint_module
+from msflow.data.batches import epoch_order
 from msflow.errors import CheckpointError, MsflowError, ShapeError
 from msflow.train.checkpoint import CHECKPOINT, load_checkpoint
 from msflow.train.config import Config, config_from_dict
 from msflow.train.ema import EMA
-from msflow.train.loop import epoch_order, learning_rate, train
+from msflow.train.loop import train
 from msflow.train.metrics_log import MetricsLog
+from msflow.train.recipe import learning_rate
 from runs import read_metrics, tiny_config, tmp_files
 
 # ----------------------------------------------------------------------------- schedules and order

@@ -25,7 +25,7 @@ from msflow.data.translation import (
     to_grey,
 )
 from msflow.errors import DataError, ShapeError
-from msflow.train.loop import check_compatible
+from msflow.train.compatibility import check_compatible
 
 NAMES = {"colorize": "photos-colorize", "inpaint": "photos-inpaint", "sketch": "photos-sketch"}
 LOADERS = {"colorize": load_colorize_pairs, "inpaint": load_inpaint_pairs, "sketch": load_sketch_pairs}

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from functools import partial
@@ -31,7 +30,7 @@ import yaml
 from torch import Tensor
 
 from msflow._io import finite_json, remove_stale_temp_files, write_text
-from msflow.data.batches import StepBatches, epoch_order  # noqa: F401  (epoch_order: re-exported)
+from msflow.data.batches import StepBatches
 from msflow.errors import CheckpointError, ConfigError, MsflowError, NonFiniteSamples
 from msflow.nn.subnets import subnet_precision
 from msflow.train.checkpoint import CHECKPOINT, save_checkpoint
@@ -49,8 +48,8 @@ from msflow.train.metrics_log import MetricsLog, NullLog
 from msflow.train.objective import bpd_score, function_evaluations, objective_schedule
 from msflow.train.precision import resolve_precision
 from msflow.train.progress import TrainingBar
-from msflow.train.recipe import BUDGET_CLOCKS, build_model, build_optimizer, learning_rate, make_deterministic  # noqa: F401
-from msflow.train.run_state import _Guard, _meta, _plateau, _resume, _state_tensors, versions  # noqa: F401
+from msflow.train.recipe import BUDGET_CLOCKS, build_model, build_optimizer, learning_rate, make_deterministic
+from msflow.train.run_state import _Guard, _meta, _plateau, _resume, _state_tensors, periodic_checkpoint
 from msflow.transforms.ode_solver import solver_errors_in_backward
 
 
@@ -335,7 +334,7 @@ class TrainingRun:
         # streak of skipped steps the checkpoint waits for the first good one.
         self.pending = due and step < t.steps and self.guard.bad_in_a_row > 0
         if due and step < t.steps and not self.pending:
-            _periodic_checkpoint(partial(self.checkpoint, *self.state()), self.ckpt, step, self.log, self.bar)
+            periodic_checkpoint(partial(self.checkpoint, *self.state()), self.ckpt, step, self.log, self.bar)
 
     def _evaluate_during_training(self) -> None:
         """A test evaluation whose time is left out of the budget."""
@@ -390,16 +389,3 @@ class TrainingRun:
         write_text(run_dir / "results.json", json.dumps(finite_json(result), indent=2))
         self.ranks.barrier()
         return result
-
-
-def _periodic_checkpoint(write: Callable[[], None], path: Path, step: int, log: MetricsLog, bar: Any) -> None:
-    """Write a periodic checkpoint; a failed write (full disk, say) warns and training goes on.
-
-    The write is atomic, so the previous checkpoint stays whole and a later one may succeed;
-    stopping would throw away the steps since then for nothing.
-    """
-    try:
-        write()
-    except OSError as err:
-        log.write({"step": step, "event": "checkpoint_failed", "error": str(err)})
-        bar.write(f"step {step}: could not write {path} ({err.strerror or err}); keeping the previous checkpoint")

@@ -7,8 +7,10 @@ that restores all of it, refusing a checkpoint of another data, model, optimizer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,3 +134,16 @@ def _plateau(cfg: Config) -> Plateau:
     """A fresh plateau tracker with the config's hyperparameters."""
     o = cfg.optim
     return Plateau(o.plateau_patience, o.plateau_factor, o.plateau_threshold)
+
+
+def periodic_checkpoint(write: Callable[[], None], path: Path, step: int, log: Any, bar: Any) -> None:
+    """Write a periodic checkpoint; a failed write (full disk, say) warns and training goes on.
+
+    The write is atomic, so the previous checkpoint stays whole and a later one may succeed;
+    stopping would throw away the steps since then for nothing.
+    """
+    try:
+        write()
+    except OSError as err:
+        log.write({"step": step, "event": "checkpoint_failed", "error": str(err)})
+        bar.write(f"step {step}: could not write {path} ({err.strerror or err}); keeping the previous checkpoint")
