@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from bench_scripts import load_script
-from runs import tiny_config
 
 from msflow.train.loop import train
+from runs import tiny_config
 
 
 def test_report_of_a_real_run_is_what_the_run_wrote(tmp_path: Path) -> None:
