@@ -93,6 +93,12 @@ def render_block(block: re.Match) -> str:
     if "throughput" in data and "nfe" in data:  # benchmarks/cnf_peers.py --json
         bench = _benchmark("cnf_peers")
         return (bench.markdown_table if block["printed"] else bench.summary_table)(data) + "\n"
+    if "runs" in data:  # benchmarks/budget_runs.py --json
+        return _benchmark("budget_runs").markdown_table(data)
+    if "jacobi_sweeps" in data:  # benchmarks/tarflow_jacobi.py --json
+        return _benchmark("tarflow_jacobi").markdown_table(data)
+    if "noise_std" in data:  # benchmarks/tarflow_denoise.py --json
+        return _benchmark("tarflow_denoise").markdown_table(data)
     return render(path)
 
 
