@@ -7,6 +7,12 @@ throughput ratios (msflow / peer; above 1 means msflow is faster) and peak-memor
 - ``eval``: bits/dim under ``torch.inference_mode`` (images/s);
 - ``sample``: draw a batch of uint8 images at temperature 1 (images/s).
 
+Each peer runs at its best, with what its user could switch on in one line: in-place ReLUs in
+its coupling nets, both memory layouts (``normflows`` and ``normflows+cl`` for channels-last; the
+ratios use the faster per phase, ``--peer-layouts`` pins one) and, with ``--precision
+bf16-mixed``, ``torch.autocast(bfloat16)`` around the whole model (``normflows[bf16-mixed]``) beside
+msflow's bf16-mixed subnets: float32 is compared with float32, bf16 with bf16.
+
 Two workloads (``--shape``, both by default), 8 steps per level, coupling nets 128 wide, batch 64:
 
 - ``patches32``: 3x32x32 photo patches (``get_dataset("patches32")``), 3 levels;
@@ -32,7 +38,7 @@ Usage::
 
     python benchmarks/peers.py --quick --json quick.json      # ~2.5 min on 2 idle CPU cores
     python benchmarks/peers.py --json peers.json              # full run: ~5 min idle, up to ~15 min busy
-    python benchmarks/peers.py --precision bf16-mixed         # + msflow bf16-mixed subnets rows
+    python benchmarks/peers.py --precision bf16-mixed         # + msflow bf16-mixed vs the peers under bf16 autocast
     python benchmarks/peers.py --device cuda --precision bf16-mixed --json gpu.json  # ~1.5 min on an H100
 """
 
