@@ -301,6 +301,28 @@ def cnf_blocks(module: nn.Module) -> list[CNF]:
     return [m for m in module.modules() if isinstance(m, CNF)]
 
 
+def compile_fields(module: nn.Module, **options: Any) -> int:
+    """Compile the vector field of every :class:`CNF` in ``module`` with ``torch.compile``, in place.
+
+    Opt-in (nothing compiles by default): the solver, the divergence and the log-det arithmetic stay
+    eager; only the field, which the solver calls at every evaluation, becomes an inductor graph.
+    ``benchmarks/compiled.py`` measured training of ``cnf_peers.py``'s MRCNF level 1.5x and 1.9x faster
+    in two runs on a heavily loaded 2-core CPU (evaluation unchanged; loss identical, evaluation
+    bits/dim within 1e-6, since inductor reorders sums); the first call of each shape pays the
+    compilation (tens of seconds on a CPU). ``options`` go to ``nn.Module.compile``. Returns the
+    number of fields compiled.
+
+    Example:
+        >>> from msflow.nn.odefunc import ConvVectorField
+        >>> compile_fields(CNF(ConvVectorField(1, hidden=(4,))))
+        1
+    """
+    blocks = cnf_blocks(module)
+    for block in blocks:
+        block.field.compile(**options)
+    return len(blocks)
+
+
 @contextlib.contextmanager
 def skip_logdets(module: nn.Module) -> Iterator[None]:
     """Within the block, the CNFs in ``module`` integrate the state only and report a zero log-det.
