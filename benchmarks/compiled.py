@@ -91,10 +91,14 @@ def glow_pair(workload: str, preset: str, variant: str) -> tuple[dict[str, Calla
 
         return {"train": train, "eval": evaluate, "sample": sample}
 
-    return phases(eager, eager.log_prob_continuous, eager.decode), phases(model, density, inverse), {
-        "workload": workload,
-        "batch": cfg.batch,
-    }
+    return (
+        phases(eager, eager.log_prob_continuous, eager.decode),
+        phases(model, density, inverse),
+        {
+            "workload": workload,
+            "batch": cfg.batch,
+        },
+    )
 
 
 def cnf_pair(preset: str) -> tuple[dict[str, Callable], dict[str, Callable], dict]:
@@ -208,7 +212,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         for phase, p in r["phases"].items():
             label = f"{part} ({r['graphs_compiled']} graphs)" if "graphs_compiled" in r else part
             if "error" in p:
-                lines.append(f"| {label} | {r['workload']}, {r['batch']} | {phase} | - | - | fails: {p['error']} | - | - |")
+                lines.append(
+                    f"| {label} | {r['workload']}, {r['batch']} | {phase} | - | - | fails: {p['error']} | - | - |"
+                )
                 continue
             lines.append(
                 f"| {label} | {r['workload']}, {r['batch']} | {phase} | {p['eager_ms']:.1f} | {p['compiled_ms']:.1f} "

@@ -79,9 +79,7 @@ class BudgetConfig:
 PRESETS = {
     "full": BudgetConfig(),
     "quick": BudgetConfig(budget=60.0, slice=5.0),
-    "smoke": BudgetConfig(
-        budget=1.0, slice=0.3, threads=1, steps=1, hidden=8, batch=16, max_test=32, log_every=0.2
-    ),
+    "smoke": BudgetConfig(budget=1.0, slice=0.3, threads=1, steps=1, hidden=8, batch=16, max_test=32, log_every=0.2),
 }
 
 
@@ -120,7 +118,9 @@ class Run:
 def make_run(cfg: BudgetConfig, spec: str, seed: int, train: torch.Tensor) -> Run:
     """Build ``spec`` from ``seed`` and run its ActNorm initialisation on a seeded batch."""
     name, precision = _precision(spec)
-    bench = peers.make_config("full", "mnist", steps=cfg.steps, hidden=cfg.hidden, batch=cfg.batch, lr=cfg.lr, seed=seed)
+    bench = peers.make_config(
+        "full", "mnist", steps=cfg.steps, hidden=cfg.hidden, batch=cfg.batch, lr=cfg.lr, seed=seed
+    )
     contestant = peers.build_contestant(name, bench)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # every library's dequantization noise comes from torch's global stream
@@ -240,7 +240,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     """Per contestant: mean and spread over seeds; then every run."""
     cfg, env = report["config"], report["environment"]
     seeds = report["seeds"]
-    reduced = "" if cfg["budget"] >= 600 else f" (**reduced**: the issue's budget is 600 s)"
+    reduced = "" if cfg["budget"] >= 600 else " (**reduced**: the issue's budget is 600 s)"
     loads = [l[0] for l in report.get("loadavg_rounds", [])]
     load = f"; load average {env['loadavg_before'][0]:.2f} -> {env['loadavg_after'][0]:.2f}" + (
         f" (range {min(loads):.2f}-{max(loads):.2f} over {len(loads)} rounds)" if loads else ""

@@ -294,6 +294,11 @@ def run_workload(cfg: BenchConfig, layouts: str = "both") -> dict[str, Any]:
     }
 
 
+def _spread(row: dict[str, Any], key: str) -> str:
+    """`` [min-max]`` of a row's ratio over the repeats (rows before issue 23 have none)."""
+    return f" [{row[key + '_min']:.2f}-{row[key + '_max']:.2f}]" if key + "_min" in row else ""
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """One row per (workload, phase, precision, peer)."""
     lines = [f"Hardware: {_hardware(report['environment'])}; torch {report['environment']['torch']}.", ""]
@@ -323,11 +328,11 @@ def markdown_table(report: dict[str, Any]) -> str:
             split = f"{iso['networks_ms']:.1f}" + (f" + {iso['adam_ms']:.1f}" if iso["adam_ms"] else "")
             spec = r.get("peer_spec", r["peer"])
             layout = "channels-last" if spec.endswith("+cl") else "contiguous"
-            spread = lambda k: f" [{r[k + '_min']:.2f}-{r[k + '_max']:.2f}]" if k + "_min" in r else ""  # noqa: E731
             fraction = f"{r['fraction_of_bound']:.2f}" if "fraction_of_bound" in r else "-"
             lines.append(
                 f"| {name} | {r['phase']} | {r['precision']} | {r['peer']} ({layout}) | {r['target']:.1f} | "
-                f"{r['measured']:.2f}{spread('measured')} | **{r['bound']:.2f}**{spread('bound')} | {fraction} | "
+                f"{r['measured']:.2f}{_spread(r, 'measured')} | "
+                f"**{r['bound']:.2f}**{_spread(r, 'bound')} | {fraction} | "
                 f"{r['msflow_ms_per_batch']:.1f} | {split} | {r['peer_ms_per_batch']:.1f} | "
                 f"{'yes' if r['reachable'] else 'no'} |"
             )

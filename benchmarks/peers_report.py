@@ -92,7 +92,7 @@ def summary_table(report: dict[str, Any]) -> str:
         "| " + " | ".join(head) + " |",
         "|---|---|" + "---:|" * (len(head) - 2),
     ]
-    for name, w in workloads.items():
+    for w in workloads.values():
         for i, phase in enumerate(PHASES):
             cells = [
                 _fmt_ratio(r) + (" cl" if _peer_spec(r, p).endswith("+cl") else "")
@@ -130,7 +130,7 @@ def memory_table(report: dict[str, Any]) -> str:
         "| workload | phase | " + " | ".join(label(v, p) for v, p in columns) + " |",
         "|---|---|" + "---:|" * len(columns),
     ]
-    for name, w in workloads.items():
+    for w in workloads.values():
         if not w["memory"]:
             continue
         for i, phase in enumerate(PHASES):
@@ -164,9 +164,7 @@ def layout_table(name: str, w: dict[str, Any]) -> list[str]:
     for spec in pairs:
         for phase in PHASES:
             a, b = thr[spec][phase], thr[spec + "+cl"][phase]
-            lines.append(
-                f"| {spec} | {phase} | {_fmt_rate(a)} | {_fmt_rate(b)} | {b['median'] / a['median']:.2f} |"
-            )
+            lines.append(f"| {spec} | {phase} | {_fmt_rate(a)} | {_fmt_rate(b)} | {b['median'] / a['median']:.2f} |")
     return [*lines, ""]
 
 

@@ -24,8 +24,8 @@ import json
 import math
 import re
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,11 @@ BENCHMARK_REPORTS: list[tuple[str, Callable[[dict], bool], dict[str | None, str]
         lambda d: "workloads" in d and "ratios" in next(iter(d["workloads"].values())),
         {None: "summary_table", "memory": "memory_table", "printed": "markdown_table"},
     ),
-    ("kernel_bounds", lambda d: "workloads" in d and "rows" in next(iter(d["workloads"].values())), {None: "markdown_table", "printed": "markdown_table"}),
+    (
+        "kernel_bounds",
+        lambda d: "workloads" in d and "rows" in next(iter(d["workloads"].values())),
+        {None: "markdown_table", "printed": "markdown_table"},
+    ),
     ("equal_budget", lambda d: "summary" in d and "seeds" in d, {None: "markdown_table", "printed": "markdown_table"}),
     ("compiled", lambda d: "results" in d and "repeats" in d, {None: "markdown_table", "printed": "markdown_table"}),
     ("allocator", lambda d: "untuned" in d and "tuned" in d, {None: "markdown_table", "printed": "markdown_table"}),

@@ -123,12 +123,18 @@ def test_coupling_nets_compute_the_same_function_at_equal_weights(peers: ModuleT
 
     ms_net = next(m for m in ms.model.modules() if isinstance(m, AffineCoupling)).net
     width = ms_net[0].in_channels  # the finest level's nets (normflows lists its levels coarse to fine)
-    nf_net = next(m.net for m in nf.model.modules() if type(m).__name__ == "ConvNet2d" and m.net[0].in_channels == width)
+    nf_net = next(
+        m.net for m in nf.model.modules() if type(m).__name__ == "ConvNet2d" and m.net[0].in_channels == width
+    )
     fr_net = next(
-        m for m in fr.model.modules() if isinstance(m, torch.nn.Sequential) and len(m) == 5 and m[0].in_channels == width
+        m
+        for m in fr.model.modules()
+        if isinstance(m, torch.nn.Sequential) and len(m) == 5 and m[0].in_channels == width
     )
     convs = [nets(n, torch.nn.Conv2d) for n in (ms_net, nf_net, fr_net)]
-    assert [[tuple(c.weight.shape[1:]) for c in cs] for cs in convs[1:]] == [[tuple(c.weight.shape[1:]) for c in convs[0]]] * 2
+    assert [[tuple(c.weight.shape[1:]) for c in cs] for cs in convs[1:]] == [
+        [tuple(c.weight.shape[1:]) for c in convs[0]]
+    ] * 2
     torch.manual_seed(0)
     with torch.no_grad():
         for c in convs[0]:

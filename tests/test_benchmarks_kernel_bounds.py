@@ -77,7 +77,9 @@ def test_smoke_report_bounds_every_target_against_both_peers(
         assert statistics.median(peer_ms) == fastest
         paired = [p / t["ms_per_batch"] for p, t in zip(peer_ms, samples, strict=True)]
         assert r["bound"] == pytest.approx(statistics.median(paired))
-        assert r["bound_min"] <= r["bound"] <= r["bound_max"] and r["measured_min"] <= r["measured"] <= r["measured_max"]
+        assert (
+            r["bound_min"] <= r["bound"] <= r["bound_max"] and r["measured_min"] <= r["measured"] <= r["measured_max"]
+        )
         assert r["reachable"] == (r["bound"] >= r["target"])
         assert r["measured"] > 0 and r["bound_ms_per_batch"] > 0
     assert sum(w["networks_per_shape"].values()) == w["config"]["levels"] * w["config"]["steps"]
