@@ -306,10 +306,12 @@ def compile_fields(module: nn.Module, **options: Any) -> int:
 
     Opt-in (nothing compiles by default): the solver, the divergence and the log-det arithmetic stay
     eager; only the field, which the solver calls at every evaluation, becomes an inductor graph.
-    ``benchmarks/compiled.py`` measured training of ``cnf_peers.py``'s MRCNF level 1.5x and 1.9x faster
-    in two runs on a heavily loaded 2-core CPU (evaluation unchanged; loss identical, evaluation
-    bits/dim within 1e-6, since inductor reorders sums); the first call of each shape pays the
-    compilation (tens of seconds on a CPU). ``options`` go to ``nn.Module.compile``. Returns the
+    ``benchmarks/compiled.py`` measured ``cnf_peers.py``'s MRCNF level on a 2-core CPU at low load
+    (``docs/results/compile-cpu-lowload.json``): training 1.25x and sampling 1.3x faster, but
+    evaluation 0.85x (slower), with the loss identical and bits/dim within 1e-6 (inductor reorders
+    sums); so compile for training or sampling runs, not for evaluation. The first call of each
+    shape pays the compilation (seconds to tens of seconds on a CPU). ``options`` go to
+    ``nn.Module.compile``. Returns the
     number of fields compiled.
 
     Example:
