@@ -310,7 +310,10 @@ def compile_fields(module: nn.Module, **options: Any) -> int:
     (``docs/results/compile-cpu-lowload.json``): training 1.25x and sampling 1.3x faster, but
     evaluation 0.85x (slower), with the loss identical and bits/dim within 1e-6 (inductor reorders
     sums); so compile for training or sampling runs, not for evaluation. The first call of each
-    shape pays the compilation (seconds to tens of seconds on a CPU). ``options`` go to
+    shape pays the compilation (seconds to tens of seconds on a CPU). Known limit: at the tiny size
+    of ``compiled.py --smoke`` training failed with torch's "donated buffers" error (a backward
+    with ``create_graph=True`` through the compiled field); ``torch._functorch.config.donated_buffer
+    = False`` is torch's switch for it. ``options`` go to
     ``nn.Module.compile``. Returns the
     number of fields compiled.
 
