@@ -131,6 +131,22 @@ def cpu_bf16_units() -> list[str]:
     return [unit for unit in ("avx512_bf16", "amx_bf16") if unit in flags]
 
 
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of the instruction sets that decide float32 and bf16 speed this CPU has (``/proc/cpuinfo``).
+
+    A report records them beside the model name: speed ratios depend on them (AMX makes bf16
+    matrix work several times faster than AVX512-BF16 alone).
+    """
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")), set())
+    return {name: name in flags for name in CPU_FEATURES}
+
+
 def worker_command(script: str, *args: str) -> list[str]:
     """The command line that runs ``script`` (a path) with ``args`` in a fresh interpreter."""
     return [sys.executable, os.path.abspath(script), *args]

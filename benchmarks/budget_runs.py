@@ -86,7 +86,7 @@ def markdown_table(data: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | `{r['config']}` | {r['steps']} | {seconds} | {bpd} | {r['images']} ({r['diverged']}) |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
         runs[label] = collect(Path(folder))
     data = {"machine": machine(), "note": args.note, "runs": runs}
     args.json.write_text(json.dumps(data, indent=1) + "\n")
-    print(markdown_table(data), end="")
+    print(markdown_table(data))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@ throughput ratios (msflow / peer; above 1 means msflow is faster) and peak-memor
 - ``eval``: bits/dim under ``torch.inference_mode`` (images/s);
 - ``sample``: draw a batch of uint8 images at temperature 1 (images/s).
 
+Each peer runs at its best, with what its user could switch on in one line: in-place ReLUs in
+its coupling nets, both memory layouts (``normflows`` and ``normflows+cl`` for channels-last; the
+ratios use the faster per phase, ``--peer-layouts`` pins one) and, with ``--precision
+bf16-mixed``, ``torch.autocast(bfloat16)`` around the whole model (``normflows[bf16-mixed]``) beside
+msflow's bf16-mixed subnets: float32 is compared with float32, bf16 with bf16.
+
 Two workloads (``--shape``, both by default), 8 steps per level, coupling nets 128 wide, batch 64:
 
 - ``patches32``: 3x32x32 photo patches (``get_dataset("patches32")``), 3 levels;
@@ -32,7 +38,7 @@ Usage::
 
     python benchmarks/peers.py --quick --json quick.json      # ~2.5 min on 2 idle CPU cores
     python benchmarks/peers.py --json peers.json              # full run: ~5 min idle, up to ~15 min busy
-    python benchmarks/peers.py --precision bf16-mixed         # + msflow bf16-mixed subnets rows
+    python benchmarks/peers.py --precision bf16-mixed         # + msflow bf16-mixed vs the peers under bf16 autocast
     python benchmarks/peers.py --device cuda --precision bf16-mixed --json gpu.json  # ~1.5 min on an H100
 """
 
@@ -62,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from _memory import (
     cpu_bf16_units,
+    cpu_features,
     cpu_name,
     measure_cuda_peak,
     measure_peak,
@@ -69,6 +76,7 @@ from _memory import (
     median_run,
     worker_command,
 )
+from peers_report import _hardware, markdown_table  # noqa: F401  (_hardware: kernel_bounds imports it from here)
 from torch import Tensor, nn
 
 PHASES = ("train", "eval", "sample")
@@ -280,25 +288,69 @@ def normflows_glow(cfg: BenchConfig) -> nn.Module:
     return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
 
 
-def build_normflows(cfg: BenchConfig) -> Contestant:
-    """normflows' Glow, fed exactly what msflow computes internally: v = (x + u) / 256 - 1/2."""
+def inplace_relus(model: nn.Module) -> nn.Module:
+    """Swap every ``LeakyReLU(0)`` of ``model`` for an in-place ``ReLU``: the same function, one
+    activation-sized allocation less each (msflow's coupling nets use in-place ReLUs).
+
+    normflows builds its coupling nets with ``LeakyReLU(leaky=0.0)``; torch refuses an in-place
+    LeakyReLU with a slope of 0 under autograd, so the one line a user would write is this swap.
+    """
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.LeakyReLU) and child.negative_slope == 0.0:
+                setattr(module, name, nn.ReLU(inplace=True))
+    return model
+
+
+def peer_precision(device: str, precision: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """What a peer's user switches on with one line: the whole model call under ``torch.autocast``.
+
+    ``bf16-mixed`` autocasts every matmul and convolution of the peer (its 1x1 convolutions too,
+    which msflow keeps in float32); elementwise work and log-dets follow autocast's own rules.
+    """
+    if precision == "float32":
+        return contextlib.nullcontext
+    if precision != "bf16-mixed":
+        raise ValueError(f"unknown precision {precision!r}; use 'float32' or 'bf16-mixed'")
+    device_type = torch.device(device).type
+    return lambda: torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def _layout(v: Tensor, channels_last: bool) -> Tensor:
+    return v.contiguous(memory_format=torch.channels_last) if channels_last else v
+
+
+def build_normflows(cfg: BenchConfig, precision: str = "float32", channels_last: bool = False) -> Contestant:
+    """normflows' Glow, fed exactly what msflow computes internally: v = (x + u) / 256 - 1/2.
+
+    In-place ReLUs (:func:`inplace_relus`); ``channels_last`` converts the weights and the input.
+    """
     from msflow.metrics.bpd import bits_per_dim
 
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         # normflows' LU 1x1 conv calls the deprecated torch.lu once per block at build time.
         warnings.filterwarnings("ignore", message=".*torch.lu is deprecated.*")
-        model = normflows_glow(cfg).to(cfg.device)
+        model = inplace_relus(normflows_glow(cfg)).to(cfg.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     num_dims = math.prod(cfg.image_shape)
 
     def bpd(x: Tensor) -> Tensor:
-        return bits_per_dim(model.log_prob(_dequantize(x), None), num_dims)
+        return bits_per_dim(model.log_prob(_layout(_dequantize(x), channels_last), None), num_dims)
 
     def sample(n: int) -> Tensor:
         v, _ = model.sample(n)  # normflows always returns log q too; that cost is part of its API
         return _quantize(v)
 
-    return Contestant(name="normflows", model=model, bits_per_dim=bpd, sample=sample, lr=cfg.lr)
+    return Contestant(
+        name=spec_name("normflows", precision, channels_last),
+        model=model,
+        bits_per_dim=bpd,
+        sample=sample,
+        precision=peer_precision(cfg.device, precision),
+        lr=cfg.lr,
+    )
 
 
 def glow_log_scale(h: Tensor) -> Tensor:
@@ -307,14 +359,21 @@ def glow_log_scale(h: Tensor) -> Tensor:
 
 
 def _freia_subnet(hidden: int) -> Callable[[int, int], nn.Module]:
-    """The coupling net handed to FrEIA: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-init conv3x3."""
+    """The coupling net handed to FrEIA: conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-init conv3x3.
+
+    The ReLUs work in place, as msflow's do (one activation-sized allocation less each).
+    """
 
     def build(c_in: int, c_out: int) -> nn.Module:
         last = nn.Conv2d(hidden, c_out, 3, padding=1)
         nn.init.zeros_(last.weight)  # every coupling starts as a fixed scaling, as in msflow
         nn.init.zeros_(last.bias)
         return nn.Sequential(
-            nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last
+            nn.Conv2d(c_in, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+            last,
         )
 
     return build
@@ -366,39 +425,79 @@ def freia_glow(cfg: BenchConfig) -> nn.Module:
     return Ff.GraphINN(nodes + latents, force_tuple_output=True)
 
 
-def build_freia(cfg: BenchConfig) -> Contestant:
+def build_freia(cfg: BenchConfig, precision: str = "float32", channels_last: bool = False) -> Contestant:
     """FrEIA's Glow, fed v = (x + u) / 256 - 1/2 like normflows; its latents are scored by N(0, I)."""
     from msflow.distributions import standard_normal_log_prob
     from msflow.metrics.bpd import bits_per_dim
 
     torch.manual_seed(cfg.seed)
     model = freia_glow(cfg).to(cfg.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     latent_shapes = list(model.global_out_shapes)
     num_dims = math.prod(cfg.image_shape)
 
     def bpd(x: Tensor) -> Tensor:
-        zs, log_det = model(_dequantize(x))
+        zs, log_det = model(_layout(_dequantize(x), channels_last))
         return bits_per_dim(log_det + sum(standard_normal_log_prob(z) for z in zs), num_dims)
 
     def sample(n: int) -> Tensor:
         device = next(model.parameters()).device
-        zs = [torch.randn(n, *shape, device=device) for shape in latent_shapes]
+        zs = [_layout(torch.randn(n, *shape, device=device), channels_last) for shape in latent_shapes]
         (v,), _ = model(zs, rev=True, jac=False)  # FrEIA lets sampling skip the log-dets
         return _quantize(v)
 
-    return Contestant(name="freia", model=model, bits_per_dim=bpd, sample=sample, lr=cfg.lr)
+    return Contestant(
+        name=spec_name("freia", precision, channels_last),
+        model=model,
+        bits_per_dim=bpd,
+        sample=sample,
+        precision=peer_precision(cfg.device, precision),
+        lr=cfg.lr,
+    )
+
+
+SPEC = re.compile(r"(?P<lib>msflow|normflows|freia)(?:\[(?P<precision>[a-z0-9-]+)\])?(?P<cl>\+cl)?")
+PRECISIONS = ("float32", "bf16-mixed")
+
+
+def spec_name(lib: str, precision: str = "float32", channels_last: bool = False) -> str:
+    """``lib``, ``lib[bf16-mixed]``, ``lib+cl`` or ``lib[bf16-mixed]+cl``: a contestant's name."""
+    return lib + ("" if precision == "float32" else f"[{precision}]") + ("+cl" if channels_last else "")
+
+
+def parse_spec(spec: str) -> tuple[str, str, bool]:
+    """``"freia[bf16-mixed]+cl"`` -> ``("freia", "bf16-mixed", True)``; raises on anything else.
+
+    msflow is always channels-last (its models are built so), so ``+cl`` is for the peers.
+    """
+    match = SPEC.fullmatch(spec)
+    precision = (match["precision"] or "float32") if match else None
+    if match is None or precision not in PRECISIONS or (match["lib"] == "msflow" and match["cl"]):
+        raise ValueError(
+            f"unknown contestant {spec!r}; use msflow, normflows or freia, optionally with [bf16-mixed], "
+            "and +cl (channels-last) for a peer"
+        )
+    return match["lib"], precision, bool(match["cl"])
 
 
 def build_contestant(spec: str, cfg: BenchConfig) -> Contestant:
-    """``"msflow"``, ``"msflow[bf16-mixed]"``, ``"normflows"`` or ``"freia"``."""
-    if spec == "normflows":
-        return build_normflows(cfg)
-    if spec == "freia":
-        return build_freia(cfg)
-    match = re.fullmatch(r"msflow(?:\[(.+)\])?", spec)
-    if match is None:
-        raise ValueError(f"unknown contestant {spec!r}")
-    return build_msflow(cfg, match.group(1) or "float32")
+    """A contestant from its spec (:func:`parse_spec`): ``"msflow"``, ``"normflows[bf16-mixed]+cl"``, ..."""
+    lib, precision, channels_last = parse_spec(spec)
+    if lib == "normflows":
+        return build_normflows(cfg, precision, channels_last)
+    if lib == "freia":
+        return build_freia(cfg, precision, channels_last)
+    return build_msflow(cfg, precision)
+
+
+def contestant_specs(precisions: list[str], layouts: str = "both") -> list[str]:
+    """msflow and both peers in every precision; each peer in ``layouts`` ("both", "contiguous" or
+    "channels_last"). The peers' best layout per phase is picked after timing (:func:`best_peer`)."""
+    cls = {"both": (False, True), "contiguous": (False,), "channels_last": (True,)}[layouts]
+    return [spec_name("msflow", p) for p in precisions] + [
+        spec_name(lib, p, cl) for p in precisions for lib in PEERS for cl in cls
+    ]
 
 
 # --------------------------------------------------------------------------- phases
@@ -551,6 +650,7 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "cpu": cpu_name(),
         "cpu_bf16_units": cpu_bf16_units(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
     }
@@ -566,17 +666,27 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
+def best_peer(throughput: dict[str, Any], lib: str, precision: str, phase: str) -> str:
+    """The spec of ``lib`` in ``precision`` that ran ``phase`` fastest (median): its best layout."""
+    specs = [s for s in throughput if parse_spec(s)[:2] == (lib, precision)]
+    return max(specs, key=lambda s: throughput[s][phase]["median"])
+
+
 def _ratios(throughput: dict[str, Any], mem: dict[str, Any], spec: str, peer: str, phase: str) -> dict[str, Any]:
     """msflow variant / peer: > 1 is faster for throughputs, < 1 is leaner for memory."""
     ms, other = throughput[spec][phase], throughput[peer][phase]
     # Repeat r of both ran back to back, so their quotient cancels slow drifts in machine load.
-    paired = statistics.median(a / b for a, b in zip(ms["samples"], other["samples"], strict=True))
-    peak = mem[spec][phase]["peak_delta_mib"] / mem[peer][phase]["peak_delta_mib"] if mem else None
+    paired = [a / b for a, b in zip(ms["samples"], other["samples"], strict=True)]
+    m, b = mem.get(spec, {}).get(phase), mem.get(peer, {}).get(phase)
     return {
+        "peer_spec": peer,
         "throughput": ms["median"] / other["median"],
-        "throughput_paired": paired,
+        "throughput_paired": statistics.median(paired),
+        "paired_samples": paired,
+        "paired_min": min(paired),
+        "paired_max": max(paired),
         "cpu_throughput": ms["cpu_median"] / other["cpu_median"],
-        "peak_memory": peak,
+        "peak_memory": m["peak_delta_mib"] / b["peak_delta_mib"] if m and b else None,
     }
 
 
@@ -626,7 +736,11 @@ def reference_conv_gflops(cfg: BenchConfig, repeats: int = 10) -> float:
 
 
 def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dict[str, Any]:
-    """Time (and optionally measure the memory of) every contestant on one workload."""
+    """Time (and optionally measure the memory of) every contestant on one workload.
+
+    Each peer may run in two layouts; the ratios are against its faster one in each phase, and
+    memory is measured for that one only.
+    """
     start = time.perf_counter()
     device = torch.device(cfg.device)
     cpu_batches = make_batches(cfg)
@@ -635,22 +749,41 @@ def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dic
     models = {c.name: {"params": c.num_params(), "bpd_at_init": c.initialize(batches[0])} for c in contestants}
     for c in contestants:
         c.check_device(batches[0])
+    loadavg = [list(os.getloadavg())]
     throughput = time_phases(cfg, contestants, batches)
+    loadavg.append(list(os.getloadavg()))
     for c in contestants:
         models[c.name]["bpd_after_timing"] = throughput[c.name]["eval"]["last_value"]
-        models[c.name]["flops_per_image"] = flops_per_image(c, batches[0])
+        if parse_spec(c.name)[1] == "float32":
+            models[c.name]["flops_per_image"] = flops_per_image(c, batches[0])
     reference = reference_conv_gflops(cfg)
+    variants = [s for s in specs if parse_spec(s)[0] == "msflow"]
+    best = {
+        v: {lib: {p: best_peer(throughput, lib, parse_spec(v)[1], p) for p in PHASES} for lib in PEERS}
+        for v in variants
+    }
+    measured = {(s, p) for p in PHASES for s in variants} | {
+        (best[v][lib][p], p) for v in variants for lib in PEERS for p in PHASES
+    }
     mem: dict[str, Any] = {}
     if memory and device.type == "cuda":
-        mem = {c.name: {p: measure_memory_cuda(cfg, c, p, batches) for p in PHASES} for c in contestants}
+        for c in contestants:
+            for p in PHASES:
+                if (c.name, p) in measured:
+                    mem.setdefault(c.name, {})[p] = measure_memory_cuda(cfg, c, p, batches)
     del contestants
     if memory and device.type == "cpu":
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "batches.pt")
             torch.save(cpu_batches, path)
-            mem = {s: {p: measure_memory(cfg, s, p, path) for p in PHASES} for s in specs}
-    variants = [s for s in specs if s not in PEERS]
-    ratios = {s: {peer: {p: _ratios(throughput, mem, s, peer, p) for p in PHASES} for peer in PEERS} for s in variants}
+            for s in specs:
+                for p in PHASES:
+                    if (s, p) in measured:
+                        mem.setdefault(s, {})[p] = measure_memory(cfg, s, p, path)
+    ratios = {
+        v: {lib: {p: _ratios(throughput, mem, v, best[v][lib][p], p) for p in PHASES} for lib in PEERS}
+        for v in variants
+    }
     return {
         "config": dataclasses.asdict(cfg),
         "models": models,
@@ -658,12 +791,20 @@ def run_workload(cfg: BenchConfig, specs: list[str], memory: bool = True) -> dic
         "memory": mem,
         "ratios": ratios,
         "reference_conv_gflops": reference,
+        "loadavg_timing": loadavg,
         "wall_s": time.perf_counter() - start,
     }
 
 
-def run_benchmark(cfgs: list[BenchConfig], precision: str = "float32", memory: bool = True) -> dict[str, Any]:
-    """Every workload of ``cfgs`` (one device for all); returns the JSON report."""
+def run_benchmark(
+    cfgs: list[BenchConfig], precision: str = "float32", memory: bool = True, layouts: str = "both"
+) -> dict[str, Any]:
+    """Every workload of ``cfgs`` (one device for all); returns the JSON report.
+
+    ``precision="bf16-mixed"`` adds msflow's bf16-mixed subnets and both peers under bf16 autocast
+    to the float32 contestants; ``layouts``: the peers' memory layouts to try (see
+    :func:`contestant_specs`).
+    """
     device = torch.device(cfgs[0].device)
     if device.type == "cuda":
         # For every contestant alike: the two lines a GPU user of any of these libraries would add.
@@ -672,125 +813,41 @@ def run_benchmark(cfgs: list[BenchConfig], precision: str = "float32", memory: b
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.set_num_threads(cfgs[0].threads)
-    specs = ["msflow", *PEERS] + ([f"msflow[{precision}]"] if precision != "float32" else [])
-    env = environment(cfgs[0].device) | {"loadavg_before": list(os.getloadavg())}
+    precisions = ["float32"] + ([precision] if precision != "float32" else [])
+    specs = contestant_specs(precisions, layouts)
+    env = environment(cfgs[0].device) | {"loadavg_before": list(os.getloadavg()), "peer_layouts": layouts}
     start = time.perf_counter()
     workloads = {cfg.workload: run_workload(cfg, specs, memory) for cfg in cfgs}
     env |= {"loadavg_after": list(os.getloadavg()), "wall_s": time.perf_counter() - start}
-    return {"environment": env, "workloads": workloads}
+    return {"environment": env, "workloads": workloads, "differences": ARCHITECTURE_DIFFERENCES}
 
 
-def _fmt_rate(t: dict[str, Any]) -> str:
-    return f"{t['median']:.1f} [{t['min']:.0f}-{t['max']:.0f}]"
-
-
-def _hardware(env: dict[str, Any]) -> str:
-    if "gpu" in env:
-        return (
-            f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}), TF32 allowed for every contestant "
-            f"(matmul {env['tf32_matmul']}, cuDNN {env['tf32_cudnn']}), cuDNN benchmark {env['cudnn_benchmark']}; "
-            f"host {env['cpu']}"
-        )
-    units = ", ".join(env["cpu_bf16_units"]) or "none"
-    return f"{env['cpu']}, bf16 units: {units}; {env['threads']} torch threads"
-
-
-def workload_table(name: str, w: dict[str, Any]) -> list[str]:
-    """One row per (phase, msflow variant, peer)."""
-    cfg, thr, mem = w["config"], w["throughput"], w["memory"]
-    params = ", ".join(f"{k} {v['params']:,}" for k, v in w["models"].items())
-    init = ", ".join(f"{k} {v['bpd_at_init']:.2f}" for k, v in w["models"].items())
-    lines = [
-        f"**{name}**: Glow {'x'.join(map(str, cfg['image_shape']))}, {cfg['levels']} levels x {cfg['steps']} steps, "
-        f"hidden {cfg['hidden']}, batch {cfg['batch']}, data {cfg['data']}; {cfg['repeats']} repeats x "
-        f"{cfg['iters']} step(s). Trainable parameters: {params}. Bits/dim at init: {init}.",
-        "",
-        "| phase | msflow variant | peer | msflow img/s | peer img/s | **speed ratio** | paired ratio "
-        "| CPU-time ratio | msflow peak MiB | peer peak MiB | memory ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for phase in PHASES:
-        for variant, by_peer in w["ratios"].items():
-            label = "fp32" if variant == "msflow" else f"{variant[7:-1]} subnets"
-            for peer, by_phase in by_peer.items():
-                r = by_phase[phase]
-                m, b = mem.get(variant, {}).get(phase), mem.get(peer, {}).get(phase)
-                mem_cols = (
-                    f"{m['peak_delta_mib']:.0f} | {b['peak_delta_mib']:.0f} | {r['peak_memory']:.2f}"
-                    if m and b
-                    else "- | - | -"
-                )
-                lines.append(
-                    f"| {phase} | {label} | {peer} | {_fmt_rate(thr[variant][phase])} | {_fmt_rate(thr[peer][phase])} "
-                    f"| **{r['throughput']:.2f}** | {r['throughput_paired']:.2f} | {r['cpu_throughput']:.2f} "
-                    f"| {mem_cols} |"
-                )
-    return [*lines, "", arithmetic_line(cfg, w)]
-
-
-def arithmetic_line(cfg: dict[str, Any], w: dict[str, Any]) -> str:
-    """FLOPs per image, the speed each contestant reaches in GFLOP/s, and the float32 reference."""
-    flops = {name: m["flops_per_image"] for name, m in w["models"].items() if "flops_per_image" in m}
-    if not flops:
-        return ""
-    per_phase = "; ".join(
-        f"{phase}: "
-        + ", ".join(
-            f"{name} {flops[name][phase] / 1e9:.3f} GFLOP/image at "
-            f"{flops[name][phase] * w['throughput'][name][phase]['median'] / 1e9:.0f} GFLOP/s"
-            for name in flops
-        )
-        for phase in PHASES
-    )
-    side = cfg["image_shape"][1] // 2
-    return (
-        f"Arithmetic (torch FlopCounterMode) and the speed it ran at: {per_phase}. "
-        f"Float32 reference on this device: a 3x3 {cfg['hidden']}->{cfg['hidden']} convolution at {side}x{side}, "
-        f"batch {cfg['batch']}, channels-last, forward: {w['reference_conv_gflops']:.0f} GFLOP/s."
-    )
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """Header (versions, hardware, load), one table per workload, and the footnote."""
-    env = report["environment"]
-    any_cfg = next(iter(report["workloads"].values()))["config"]
-    on_gpu = "gpu" in env
-    lines = [
-        f"msflow {env['msflow']} vs normflows {env['normflows']} and FrEIA {env['FrEIA']}; torch {env['torch']}; "
-        f"device {env['device']}: {_hardware(env)}; load average {env['loadavg_before'][0]:.2f} -> "
-        f"{env['loadavg_after'][0]:.2f}; {env['wall_s']:.0f} s",
-    ]
-    for name, w in report["workloads"].items():
-        lines += ["", *workload_table(name, w)]
-    memory = (
-        "Peak MiB = CUDA memory allocated at the peak of the phase's steps minus the memory allocated before "
-        "them (torch.cuda.max_memory_allocated, in the benchmark process, after one warm full-batch step)"
-        if on_gpu
-        else "Peak MiB = extra resident memory of the phase (peak RSS minus RSS before, fresh process per library "
-        "and phase, after one small-batch step)"
-    )
-    cpu_time = (
-        "CPU-time ratio: the same ratio on images per host CPU-second, which on a GPU mostly follows "
-        "wall time (the host waits in synchronize)"
-        if on_gpu
-        else "CPU-time ratio: the same ratio on images per CPU-second of the process, less sensitive to other load"
-    )
-    lines += [
-        "",
-        "Speed ratio = median msflow img/s / median peer img/s (> 1: msflow faster); [min-max] over the "
-        f"interleaved repeats, {any_cfg['warmup']} warm-up step(s) excluded. Paired ratio: median over repeats of "
-        "the ratio within a repeat (all ran back to back). "
-        f"{memory}; median of {any_cfg['memory_repeats']} measurement(s); memory ratio < 1: msflow uses less. "
-        f"{cpu_time}. bf16 rows: msflow's coupling nets under bf16 autocast, against the "
-        "peers in fp32 (they have no such switch). Architecture differences (benchmarks/README.md): msflow's "
-        "and normflows' split priors are learned per-channel Gaussians (msflow's `split_prior=\"channelwise\"`; "
-        "FrEIA's latents: N(0, I), no prior parameters); normflows' coupling nets "
-        "use LeakyReLU(0) (ReLU's function, but its backward keeps the pre-activation) and it returns log q with "
-        "every sample; FrEIA's 1x1 convs are fixed random rotations (Fixed1x1Conv: FrEIA 0.2 has no learned "
-        "one), its squeeze is a strided 0/1 convolution (IRevNetDownsampling) and its graph runs node by node "
-        "in Python; otherwise the steps match.",
-    ]
-    return "\n".join(lines)
+ARCHITECTURE_DIFFERENCES = {
+    "same": (
+        "levels, steps, squeeze -> [ActNorm, 1x1 conv, affine coupling] -> split order, coupling nets "
+        "(conv3x3 -> ReLU -> conv1x1 -> ReLU -> zero-init conv3x3, in-place ReLUs in all three), "
+        "log-scale log sigmoid(h + 2), dequantization v = (x + u)/256 - 1/2, bits/dim formula"
+    ),
+    "normflows": (
+        "split priors: learned per-channel Gaussians, as msflow's split_prior='channelwise' (with a "
+        "logscale_factor re-parametrisation); its coupling computes (x_b - t) * sigmoid(h + 2) in the density "
+        "direction where msflow computes x_b * sigmoid(h + 2) + t, and its squeeze orders channels differently: "
+        "the same function class and arithmetic, but no copy of weights maps one onto the other; it returns "
+        "log q with every sample"
+    ),
+    "freia": (
+        "computes msflow's function at equal weights when msflow's split priors are at their initial identity "
+        "and FrEIA's fixed 1x1 convs are set to msflow's W (tests/test_benchmarks.py); otherwise: 1x1 convs: "
+        "fixed random rotations (Fixed1x1Conv; FrEIA 0.2 has no learned one); no split priors "
+        "(latents scored by N(0, I)); squeeze: a strided 0/1 convolution (IRevNetDownsampling, "
+        "pixel_unshuffle's channel order); its graph runs node by node in Python"
+    ),
+    "bf16": (
+        "msflow's bf16-mixed runs only its subnets under bf16 autocast (the invertible arithmetic, 1x1 "
+        "convs and log-dets stay float32); the peers' bf16 rows run their whole model under "
+        "torch.autocast(bfloat16), the one line their users have, which also rounds their 1x1 convolutions"
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -805,7 +862,13 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         default="float32",
         choices=["float32", "bf16-mixed"],
-        help="also time msflow with subnets in this precision (extra rows; fp32 stays the main result)",
+        help="also time msflow with subnets in this precision and the peers under bf16 autocast (extra rows)",
+    )
+    parser.add_argument(
+        "--peer-layouts",
+        default="both",
+        choices=["both", "contiguous", "channels_last"],
+        help="the peers' memory layouts to time; with 'both' each peer is compared in its faster one per phase",
     )
     parser.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda[:N]': every model and batch there")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
@@ -841,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     shapes = list(WORKLOADS) if args.shape == "all" else [args.shape]
     cfgs = [make_config(preset, shape, args.device, **overrides) for shape in shapes]
-    report = run_benchmark(cfgs, precision=args.precision, memory=not args.no_memory)
+    report = run_benchmark(cfgs, precision=args.precision, memory=not args.no_memory, layouts=args.peer_layouts)
     print(markdown_table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -37,7 +37,7 @@ def markdown_table(report: dict) -> str:
     for off, on in zip(report["denoise=False"], report["denoise=True"], strict=True):
         row = [f"{off['temperature']:g}", f"{off['fcd']:.2f}", f"{on['fcd']:.2f}", f"{report['reference']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def markdown_table(r: dict) -> str:
     values = [str(r["samples"]), f"{r['max_abs_difference']:.1e}", str(r["token_steps"]), str(r["jacobi_sweeps"])]
     values += [f"{s:.2f}", f"{j:.2f}", f"{r['speedup']:.2f}x"]
     head, row = "| " + " | ".join(cols) + " |", "| " + " | ".join(values) + " |"
-    return "\n".join([head, "|" + "---|" * len(cols), row]) + "\n"
+    return "\n".join([head, "|" + "---|" * len(cols), row])
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     report = measure(args.run, args.n, args.tol, args.repeats)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(markdown_table(report), end="")
+    print(markdown_table(report))
 
 
 if __name__ == "__main__":

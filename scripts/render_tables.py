@@ -6,12 +6,15 @@ A table in README.md sits between two markers naming its JSON file:
     ...generated markdown...
     <!-- /table -->
 
-The JSON is what ``msflow task-table ... --json FILE`` writes, or the report of
-``benchmarks/cnf_peers.py --json FILE`` (rendered by that script's ``summary_table``; a marker
-ending in `` printed -->`` takes the table the script prints, its ``markdown_table``).
-``python scripts/render_tables.py`` rewrites every such block in README.md and
-benchmarks/README.md; ``--check`` only reports blocks that differ (tests/test_readme_tables.py
-runs it).
+The JSON is what ``msflow task-table ... --json FILE`` writes, or the report of one of the
+benchmark scripts, recognised by its keys (:data:`BENCHMARK_REPORTS`): ``peers.py``,
+``kernel_bounds.py``, ``equal_budget.py``, ``compiled.py``, ``allocator.py``, ``cnf_peers.py``,
+``scaling.py``, ``mrcnf_sweep.py``, ``budget_runs.py``, ``tarflow_jacobi.py``,
+``tarflow_denoise.py``. A marker may name a *view* after the path: `` printed -->`` takes the table
+the script prints (its ``markdown_table``), `` memory -->`` a peers report's memory table; without
+one a script's ``summary_table`` is used where it has one. ``python scripts/render_tables.py``
+rewrites every such block in README.md and benchmarks/README.md; ``--check`` only reports blocks
+that differ (tests/test_readme_tables.py runs it).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- table: (?P<path>\S+)(?P<printed> printed)? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+BLOCK = re.compile(r"(<!-- table: (?P<path>\S+)(?: (?P<view>[a-z_]+))? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 READMES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md"]
 
 
@@ -86,19 +90,40 @@ def _benchmark(name: str) -> ModuleType:
     return module
 
 
+# (the script that wrote a report, a test on its top-level keys, and its view -> function name)
+BENCHMARK_REPORTS: list[tuple[str, Callable[[dict], bool], dict[str | None, str]]] = [
+    ("cnf_peers", lambda d: "throughput" in d and "nfe" in d, {None: "summary_table", "printed": "markdown_table"}),
+    (
+        "peers_report",
+        lambda d: "workloads" in d and "ratios" in next(iter(d["workloads"].values())),
+        {None: "summary_table", "memory": "memory_table", "printed": "markdown_table"},
+    ),
+    (
+        "kernel_bounds",
+        lambda d: "workloads" in d and "rows" in next(iter(d["workloads"].values())),
+        {None: "markdown_table", "printed": "markdown_table"},
+    ),
+    ("equal_budget", lambda d: "summary" in d and "seeds" in d, {None: "markdown_table", "printed": "markdown_table"}),
+    ("budget_runs", lambda d: "runs" in d and "note" in d, {None: "markdown_table"}),
+    ("tarflow_jacobi", lambda d: "jacobi_sweeps" in d, {None: "markdown_table"}),
+    ("tarflow_denoise", lambda d: "noise_std" in d and "denoise=True" in d, {None: "markdown_table"}),
+    ("compiled", lambda d: "results" in d and "repeats" in d, {None: "markdown_table", "printed": "markdown_table"}),
+    ("allocator", lambda d: "untuned" in d and "tuned" in d, {None: "markdown_table", "printed": "markdown_table"}),
+    ("scaling", lambda d: "records" in d and "models" in d, {None: "markdown_table", "printed": "markdown_table"}),
+]
+
+
 def render_block(block: re.Match) -> str:
-    """The markdown of one marked block: a ``cnf_peers.py`` report's table, or :func:`render`'s."""
+    """The markdown of one marked block: a benchmark report's table (in the marker's view), or :func:`render`'s."""
     path = ROOT / block["path"]
     data = json.loads(path.read_text())
-    if "throughput" in data and "nfe" in data:  # benchmarks/cnf_peers.py --json
-        bench = _benchmark("cnf_peers")
-        return (bench.markdown_table if block["printed"] else bench.summary_table)(data) + "\n"
-    if "runs" in data:  # benchmarks/budget_runs.py --json
-        return _benchmark("budget_runs").markdown_table(data)
-    if "jacobi_sweeps" in data:  # benchmarks/tarflow_jacobi.py --json
-        return _benchmark("tarflow_jacobi").markdown_table(data)
-    if "noise_std" in data:  # benchmarks/tarflow_denoise.py --json
-        return _benchmark("tarflow_denoise").markdown_table(data)
+    for script, matches, views in BENCHMARK_REPORTS:
+        if matches(data):
+            if block["view"] not in views:
+                raise SystemExit(f"{path}: no view {block['view']!r} for a {script} report; use one of {list(views)}")
+            return getattr(_benchmark(script), views[block["view"]])(data) + "\n"
+    if block["view"] is not None:
+        raise SystemExit(f"{path}: views are for benchmark reports, not {block['view']!r}")
     return render(path)
 
 
