@@ -58,14 +58,14 @@ BLOCKS = dict.fromkeys(
 )
 WIDTHS = dict.fromkeys(("hidden", "cond_hidden", "features", "growth", "lstm_hidden"), (1, 65536))
 MULTIPLIERS = dict.fromkeys(("mixtures", "bins"), (1, 1024))
-SIDES = {"size": (1, 65536), "channels": (1, 256), "scale": (1, 64)}
+SIDES = {"size": (1, 65536), "channels": (1, 256), "scale": (1, 64), "patch": (1, 4096)}
 SEQUENCES = dict.fromkeys(("vgg", "cond_channels"), (1, 65536))
 _WHAT = (
     [(k, "levels") for k in LEVELS]
     + [(k, "blocks per level") for k in BLOCKS]
     + [(k, "channels") for k in [*WIDTHS, *SEQUENCES, "channels"]]
     + [(k, "components") for k in MULTIPLIERS]
-    + [("size", "pixels a side"), ("scale", "times")]
+    + [("size", "pixels a side"), ("scale", "times"), ("patch", "pixels a side")]
 )
 WHAT = dict(_WHAT)
 
@@ -165,7 +165,8 @@ class Estimate:
     """Each block's networks: two ``hidden x hidden`` layers and 3x3 layers in and out."""
     activation_bytes: float
     """Per image, in training: four float32 feature maps of ``hidden`` channels per block, at
-    the level's resolution (a squeeze per level quarters it)."""
+    the level's resolution (a squeeze per level quarters it); with a ``patch`` option (TarFlow's
+    tokens), also each block's attention matrices over the patch tokens."""
     image_shape: tuple[int, int, int]
 
 
@@ -195,6 +196,12 @@ def estimate(spec: Mapping[str, Any]) -> Estimate:
     # A block's subnet: 1x1 and 3x3 layers of hidden x hidden, 3x3 layers to and from the (squeezed) image.
     parameters = blocks * (2.0 * width**2 + 9.0 * width * 4 * c * multiplier)
     activation_bytes = 16.0 / 3.0 * (blocks / levels) * width * h * w
+    patch = spec.get("patch")
+    if _is_int(patch) and patch > 0:
+        # A Transformer over (h/p)(w/p) patch tokens keeps, per block, its float32 attention scores
+        # and their softmax (tokens x tokens, a head at least) for the backward pass.
+        tokens = -(-h // patch) * -(-w // patch)
+        activation_bytes += 8.0 * blocks * tokens**2
     return Estimate(blocks, parameters, activation_bytes, (c, h, w))
 
 
