@@ -49,7 +49,7 @@ def run_subnet(net: nn.Module, inp: Tensor) -> Any:
     """
     if _subnet_dtype is None or inp.dtype == torch.float64:
         return net(inp)
-    with torch.autocast(device_type=inp.device.type, dtype=_subnet_dtype):
+    with subnet_autocast(inp):
         out = net(inp)
     if isinstance(out, list | tuple):
         return [o.to(inp.dtype) for o in out]
